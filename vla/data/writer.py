@@ -176,13 +176,14 @@ class EpisodeWriter:
         self.action_dim = int(action_dim)
         self.fps = int(fps)
         self._steps: list[dict] = []
+        self._ds = None  # the open LeRobot dataset, kept between episodes
 
         if (self.root / "meta/info.json").exists():
             n = repair(self.root)
             self._check_features()
             if n < 0:  # a LeRobot dataset we did not write: adopt it
                 self._adopt()
-            self._ds = None  # resumed lazily, at the first end_episode
+            self._committed = len(read_journal(self.root))
         else:
             if self.root.exists() and any(self.root.iterdir()):
                 raise DataError(f"{self.root}: exists and is not a LeRobot dataset; choose another out dir")
@@ -196,6 +197,7 @@ class EpisodeWriter:
             self._ds = None
             _fsync_write(self.root / MARKER, json.dumps({"writer": "vla", "version": 1}))
             _fsync_write(self.root / JOURNAL, "")
+            self._committed = 0
 
     # -- setup -------------------------------------------------------------------
     def _check_features(self) -> None:
@@ -222,7 +224,7 @@ class EpisodeWriter:
         _fsync_write(self.root / MARKER, json.dumps({"writer": "vla", "version": 1, "adopted": True}))
 
     def __len__(self) -> int:
-        return len(read_journal(self.root))
+        return self._committed
 
     def __enter__(self) -> EpisodeWriter:
         return self
@@ -283,7 +285,7 @@ class EpisodeWriter:
         if not self._steps:
             raise DataError("end_episode() with no steps recorded")
         steps, self._steps = self._steps, []
-        index = len(read_journal(self.root))
+        index = self._committed
         entry = {
             "episode_index": index,
             "source": source,
@@ -295,14 +297,22 @@ class EpisodeWriter:
             **(extra or {}),
         }
         self._snapshot()
-        ds = self._cls.resume(self.repo_id, root=self.root)
+        if self._ds is None:
+            self._ds = self._cls.resume(self.repo_id, root=self.root)
+        ds = self._ds
         try:
             for frame in steps:
                 ds.add_frame(dict(frame))  # LeRobot pops keys from the dict it is given
             ds.save_episode(parallel_encoding=False)
-        finally:
-            ds.finalize()
+            _seal(ds)
+        except BaseException:
+            # leave nothing half-written: forget this writer object and roll back to the snapshot
+            self._ds = None
+            _neuter(ds)
+            repair(self.root)
+            raise
         _fsync_write(self.root / JOURNAL, json.dumps(entry) + "\n", append=True)
+        self._committed += 1
         return index
 
     def _snapshot(self) -> None:
@@ -313,7 +323,7 @@ class EpisodeWriter:
         for name in _REWRITTEN:
             if (self.root / name).exists():
                 shutil.copy2(self.root / name, tmp / Path(name).name)
-        state = {"episodes_before": len(read_journal(self.root)), "files": _list_files(self.root)}
+        state = {"episodes_before": self._committed, "files": _list_files(self.root)}
         _fsync_write(tmp / "state.json", json.dumps(state))
         shutil.rmtree(snap, ignore_errors=True)
         os.replace(tmp, snap)
@@ -322,3 +332,43 @@ class EpisodeWriter:
         if self._steps:
             log.warning("closing %s with %d unsaved steps: discarded", self.root, len(self._steps))
             self._steps = []
+        if self._ds is not None:
+            _neuter(self._ds)  # everything is sealed already; nothing may be written after
+            self._ds = None
+
+
+class _LastEpisode:
+    """Stands in for ``meta.episodes`` after a seal: LeRobot's writer only reads ``[-1]`` and ``len``."""
+
+    def __init__(self, row: dict):
+        self.row = row
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i):
+        if i != -1:
+            raise IndexError("only the last episode is known to the writer")
+        return self.row
+
+
+def _seal(ds) -> None:
+    """Close the files of the episode just saved (parquet footers), and set LeRobot's writer up
+    as a fresh ``resume()`` would, without reloading all episode metadata (which costs O(episodes)).
+
+    Every episode then gets files of its own, as after a resume. Relies on LeRobot 0.6's
+    DatasetWriter / LeRobotDatasetMetadata internals (pinned in setup.cfg).
+    """
+    ds.writer.close_writer()
+    ds.meta._close_writer()
+    last = {k: (v[0] if isinstance(v, list) else v) for k, v in ds.meta.latest_episode.items()}
+    ds.meta.episodes = _LastEpisode(last)
+    ds.meta.latest_episode = None
+    ds.writer._latest_episode = None
+
+
+def _neuter(ds) -> None:
+    """Stop LeRobot's finalisers (run at garbage collection) from writing anything more."""
+    ds._is_finalized = True
+    ds.writer._finalized = True
+    ds.meta._finalized = True
