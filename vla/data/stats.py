@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from vla.errors import CheckpointError, ShapeError
 
 STATS_FILE = "stats.json"
-_EPS = 1e-6
+# floor of the std (and half-range): a feature nearly constant in the data must not blow up
+# when it varies at run time (units are metres and radians, so 1e-2 is "nearly constant")
+_EPS = 1e-2
 
 
 def array_stats(x: np.ndarray) -> dict[str, list[float]]:
