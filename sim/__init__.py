@@ -1,1 +1,40 @@
+"""MuJoCo tasks with language instructions, scripted experts, interveners, and the Gymnasium adapter.
 
+    import sim
+    env = sim.make("pick_place", obs_mode="both", image_size=64)   # or sim.make("gym", id="CartPole-v1", task="...")
+    expert = sim.make_expert(env, noise=0.01)                        # an Agent: reset(seed), act(obs)
+    intervener = sim.ScriptedIntervener.for_env(env, sim.make_expert(env))
+
+Tasks, easiest first: reach, push, pick_place, stack (``sim.task_names()``); each is also
+registered with Gymnasium as ``VLASim/<Name>-v0``. The observation and action spaces are
+documented in ``sim/base.py``.
+"""
+
+from sim.base import ArmEnv
+from sim.expert import CallableExpert, ScriptedExpert, load_callable, make_expert
+from sim.gym_adapter import GymAdapter, make_gym
+from sim.intervener import ScriptedIntervener
+from sim.registry import GYM_IDS, TASKS, make, make_from_config, make_vector, register_envs, task_names
+from sim.teleop import KeyEvents, TeleopIntervener
+
+register_envs()
+
+__all__ = [
+    "GYM_IDS",
+    "TASKS",
+    "ArmEnv",
+    "CallableExpert",
+    "GymAdapter",
+    "KeyEvents",
+    "ScriptedExpert",
+    "ScriptedIntervener",
+    "TeleopIntervener",
+    "load_callable",
+    "make",
+    "make_expert",
+    "make_from_config",
+    "make_gym",
+    "make_vector",
+    "register_envs",
+    "task_names",
+]

@@ -1,0 +1,1 @@
+"""One file per task; each defines an ``ArmEnv`` subclass and its scripted plan."""
