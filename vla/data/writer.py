@@ -166,7 +166,10 @@ class EpisodeWriter:
         robot_type: str = "sim",
         use_videos: bool = True,
     ):
+        import datasets
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        datasets.disable_progress_bars()  # one "Map" bar per saved episode otherwise
 
         self._cls = LeRobotDataset
         self.root = Path(root)
