@@ -10,10 +10,11 @@ from critics.aloe import ALOECritic
 from critics.base import ChunkCritic, CriticConfig, aggregate, chunk_td_target, make_config, read_critic_dir
 from critics.calql import CalQLConfig, CalQLCritic
 from critics.iql import IQLConfig, IQLCritic
+from critics.vqh import VQHConfig, VQHCritic
 from vla.checkpoint import MODEL_CONFIG
 from vla.errors import CheckpointError, ConfigError
 
-CRITICS: dict[str, type[ChunkCritic]] = {c.type_name: c for c in (ALOECritic, CalQLCritic, IQLCritic)}
+CRITICS: dict[str, type[ChunkCritic]] = {c.type_name: c for c in (ALOECritic, CalQLCritic, IQLCritic, VQHCritic)}
 
 
 def critic_class(name: str, where: str = "critic.type") -> type[ChunkCritic]:
@@ -30,15 +31,15 @@ def build_critic(cfg, features: dict[str, tuple], stats: dict, **kwargs) -> Chun
 
 
 def load_critic(path, device="cpu", **kwargs) -> ChunkCritic:
-    """A trained critic in eval mode, from a checkpoint folder or a training run's ``out``."""
-    from critics.base import load_weights
+    """A trained critic in eval mode, from a checkpoint folder or a training run's ``out``.
 
+    ``kwargs`` go to the critic's ``from_checkpoint`` (``policy=`` for a vqh critic, which
+    otherwise loads the VLA saved with it).
+    """
     directory, data, stats = read_critic_dir(path)
     if data["type"] not in CRITICS:
         raise CheckpointError(f"{directory / MODEL_CONFIG}: unknown critic type {data['type']!r}")
-    critic = CRITICS[data["type"]].from_config_dict(data, stats, **kwargs)
-    load_weights(critic, directory)
-    return critic.to(device).eval()
+    return CRITICS[data["type"]].from_checkpoint(directory, data, stats, device=device, **kwargs)
 
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "CriticConfig",
     "IQLConfig",
     "IQLCritic",
+    "VQHConfig",
+    "VQHCritic",
     "aggregate",
     "build_critic",
     "chunk_td_target",
