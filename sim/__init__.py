@@ -10,12 +10,18 @@ registered with Gymnasium as ``VLASim/<Name>-v0``. The observation and action sp
 documented in ``sim/base.py``.
 """
 
-from sim.base import ArmEnv
-from sim.expert import CallableExpert, ScriptedExpert, load_callable, make_expert
-from sim.gym_adapter import GymAdapter, make_gym
-from sim.intervener import ScriptedIntervener
-from sim.registry import GYM_IDS, TASKS, make, make_from_config, make_vector, register_envs, task_names
-from sim.teleop import KeyEvents, TeleopIntervener
+import os
+
+if not os.environ.get("DISPLAY"):  # headless: MuJoCo renders offscreen through EGL unless told otherwise
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+from sim.base import ArmEnv  # noqa: E402
+from sim.expert import CallableExpert, ScriptedExpert, load_callable, make_expert  # noqa: E402
+from sim.gym_adapter import GymAdapter, make_gym  # noqa: E402
+from sim.intervener import ScriptedIntervener  # noqa: E402
+from sim.registry import GYM_IDS, TASKS, make, make_from_config, make_vector, register_envs, task_names  # noqa: E402
+from sim.teleop import KeyEvents, TeleopIntervener  # noqa: E402
 
 register_envs()
 
