@@ -177,7 +177,7 @@ def run_pipeline(cfg: dict) -> Path:
 # -- evaluation -------------------------------------------------------------------------------
 def _agent_factory(cfg: dict, method: str, device: str = "cpu"):
     from critics import load_critic
-    from critics.rerank import Reranker, RerankConfig
+    from critics.rerank import RerankConfig, Reranker
     from policies import load_policy
     from policies.hume import DualSystemAgent, DualSystemConfig
     from vla.agent import ChunkAgent
