@@ -4,8 +4,11 @@
     python scripts/collect.py env=pick_place source=policy policy_path=runs/bc intervener=scripted \\
         episodes=20 out=data/pp_policy
     python scripts/collect.py env=gym env.id=mypkg.envs:Arm-v0 source=expert expert=mypkg.ctrl:act out=...
+    python scripts/collect.py robot=so101 source=teleop episodes=20 out=data/so101_demos
+    python scripts/collect.py robot=so101 source=policy policy_path=runs/bc out=data/so101_round1
 
-Config: configs/collect.yaml and configs/env/<task>.yaml. The library function is sim.collect.collect.
+Config: configs/collect.yaml and configs/env/<task>.yaml (configs/robot/<arm>.yaml). The library
+functions are sim.collect.collect and, on an arm, policies.deploy.collect_robot (real_robot.run.record).
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ def main(cfg: DictConfig) -> None:
     from sim.collect import collect
 
     try:
-        summary = collect(cfg, agent_factory=policy_factory(cfg))
-    except VLAError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if cfg.get("robot"):
+            from policies.deploy import collect_robot
+
+            summary = collect_robot(cfg)
+        else:
+            summary = collect(cfg, agent_factory=policy_factory(cfg))
+    except (VLAError, ConnectionError) as e:  # ConnectionError: LeRobot cannot open an arm's port
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(1)
     print(json.dumps(summary))
 
