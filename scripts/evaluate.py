@@ -33,6 +33,7 @@ def evaluate_policy(cfg: dict) -> dict:
     from vla.agent import ChunkAgent
     from vla.checkpoint import atomic_write_json
     from vla.rollout import evaluate, run_episode, wilson_interval
+    from vla.train import set_threads
 
     for key in ("env", "policy_path", "out"):
         if cfg.get(key) in (None, "", "???"):
@@ -48,6 +49,7 @@ def evaluate_policy(cfg: dict) -> dict:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    set_threads(int(cfg.get("threads") or 0), device)
     policy = load_policy(cfg["policy_path"], device=device)
     probe = sim.make(name, **opts)
     check_features(policy, probe, name)

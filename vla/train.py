@@ -61,6 +61,7 @@ class TrainConfig:
     ema_power: float = 0.75
     mixed_precision: str = "auto"  # auto (bf16 on a CUDA device that has it, else off) | no | bf16 | fp16
     cpu: bool = False  # train on the CPU even where CUDA is available
+    threads: int = 0  # torch intra-op threads per process; 0: 1 on the CPU (see set_threads), torch's choice on GPU
     save_every: int = 1000
     keep_last: int = 0  # checkpoints to keep; 0 keeps all
     log_every: int = 50
@@ -98,7 +99,7 @@ class TrainConfig:
         for name in ("steps", "batch_size", "save_every", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"training option {name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "keep_last", "num_workers", "grad_clip", "weight_decay", "min_lr_ratio"):
+        for name in ("warmup_steps", "keep_last", "num_workers", "grad_clip", "weight_decay", "min_lr_ratio", "threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"training option {name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
@@ -169,6 +170,7 @@ class Trainer:
         )
         set_seed(cfg.seed, device_specific=True)  # different noise per process, same across runs
         device = self.accelerator.device
+        set_threads(cfg.threads, device)
         self.model = model.to(device)
         for m in frozen:
             m.to(device).eval().requires_grad_(False)
@@ -404,6 +406,28 @@ def lr_schedule(optimizer, kind: str, warmup_steps: int, total_steps: int, min_l
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def set_threads(threads: int, device: str | torch.device = "cpu") -> int:
+    """Set torch's intra-op thread count; returns it. ``threads=0`` means 1 on the CPU and torch's
+    own choice on an accelerator.
+
+    Why 1 on the CPU: these networks are small (batches of 64 x ~20 tokens), so a second thread
+    gains little even on an idle machine, and on a machine whose cores are busy (other jobs,
+    sim workers, several accelerate processes) OpenMP's spinning threads oversubscribe them:
+    one BC step measured 4.6 s with 2 threads against 0.09 s with 1 on a loaded 2-core box
+    (benchmarks/results/bc.json). Pass a larger value for a big, otherwise idle CPU.
+    """
+    threads = int(threads)
+    if threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {threads}")
+    if threads == 0:
+        if torch.device(device).type != "cpu":
+            return torch.get_num_threads()
+        threads = 1
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
 
 
 def _mixed_precision(cfg: TrainConfig) -> str:
