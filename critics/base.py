@@ -56,6 +56,10 @@ class CriticConfig:
     target_agg: str = "mean"  # over E in the TD target
     agg: str = "mean_std"  # pessimistic aggregation for values, advantages and re-ranking
     agg_k: float = 1.0  # mean_std: mean - agg_k * std over E
+    # The heads predict Q / q_scale, so that their outputs stay near 1 (Adam moves a weight by
+    # about lr per step: an output that had to grow to -50 would lag the TD targets by far).
+    # None: 1 / (1 - gamma) for sparse_neg rewards (the value of never succeeding), else 1.
+    q_scale: float | None = None
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
 
     def __post_init__(self):
@@ -66,6 +70,8 @@ class CriticConfig:
             raise ConfigError("critic.chunk_len, critic.ensemble and critic.n_next must be >= 1")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"critic.gamma={self.gamma} and critic.tau={self.tau} must lie in (0, 1]")
+        if self.q_scale is not None and self.q_scale <= 0:
+            raise ConfigError(f"critic.q_scale={self.q_scale} must be > 0 (or null: automatic)")
 
 
 # --- pure functions ---------------------------------------------------------------------------
@@ -143,13 +149,12 @@ class ChunkCritic(nn.Module):
         self.state_dim = int(self.features[STATE][-1]) if STATE in self.features else 0
         self.cameras = image_keys(self.features)
         self.normalizer = Normalizer(stats)
+        self.q_scale = float(cfg.q_scale if cfg.q_scale is not None else
+                             1.0 / (1.0 - cfg.gamma) if cfg.reward_mode == "sparse_neg" and cfg.gamma < 1 else 1.0)
         self.encoder, self.feature_dim = self.build_encoder(policy)
         self.heads = self.build_heads()
         self.target_encoder = self._frozen_copy(self.encoder)
         self.target_heads = self._frozen_copy(self.heads)
-        lo, hi = (torch.as_tensor(stats[ACTION][k], dtype=torch.float32) for k in ("min", "max"))
-        self.register_buffer("action_lo", lo)
-        self.register_buffer("action_hi", hi)
 
     # -- construction ------------------------------------------------------------------------
     def build_encoder(self, policy: ChunkPolicy | None) -> tuple[nn.Module | None, int]:
@@ -197,10 +202,6 @@ class ChunkCritic(nn.Module):
             p.requires_grad_(False)
         return target
 
-    @property
-    def device(self) -> torch.device:
-        return self.action_lo.device
-
     # -- inputs ------------------------------------------------------------------------------
     def _obs(self, obs: Batch) -> Batch:
         out = {TASK: obs[TASK]} if TASK in obs else {}
@@ -229,7 +230,8 @@ class ChunkCritic(nn.Module):
         """feats (B, F), normalised chunks (B, N, H, Da) -> (E, B, N)."""
         B, N = chunks.shape[:2]
         x = torch.cat([feats[:, None].expand(B, N, feats.shape[-1]), chunks.flatten(2)], dim=-1)
-        return (self.target_heads if target else self.heads)(x.reshape(B * N, -1)).reshape(-1, B, N)
+        out = (self.target_heads if target else self.heads)(x.reshape(B * N, -1))
+        return self.q_scale * out.reshape(-1, B, N)
 
     def q(self, obs: Batch, chunks: Tensor) -> Tensor:
         """(E, B, N) Q-values of raw chunks (B, N, H, Da) at raw observations."""

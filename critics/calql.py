@@ -46,9 +46,16 @@ class CalQLCritic(ChunkCritic):
     type_name = "calql"
     config_cls = CalQLConfig
 
+    def __init__(self, cfg: CalQLConfig, features: dict, stats: dict, policy: ChunkPolicy | None = None):
+        super().__init__(cfg, features, stats, policy)
+        if any(k not in stats.get(ACTION, {}) for k in ("min", "max")):
+            raise DataError("calql critic: the action stats lack min/max (the range of its random chunks)")
+        for name, key in (("action_lo", "min"), ("action_hi", "max")):
+            self.register_buffer(name, torch.as_tensor(stats[ACTION][key], dtype=torch.float32))
+
     def random_chunks(self, batch_size: int, n: int) -> Tensor:
         """Uniform raw chunks (B, n, H, Da) inside the data's action range."""
-        u = torch.rand(batch_size, n, self.cfg.chunk_len, self.action_dim, device=self.device)
+        u = torch.rand(batch_size, n, self.cfg.chunk_len, self.action_dim, device=self.action_lo.device)
         return self.action_lo + u * (self.action_hi - self.action_lo)
 
     def loss(self, batch: Batch, policy: ChunkPolicy | None = None) -> tuple[Tensor, dict]:

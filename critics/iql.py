@@ -51,7 +51,7 @@ class IQLCritic(ChunkCritic):
 
     def v(self, obs: Batch) -> Tensor:
         """V(s) (B,)."""
-        return self.value_head(self.obs_features(obs))[0, :, 0]
+        return self.q_scale * self.value_head(self.obs_features(obs))[0, :, 0]
 
     def value(self, obs: Batch, policy: ChunkPolicy | None = None, n: int = 8) -> Tensor:
         return self.v(obs)
@@ -61,7 +61,7 @@ class IQLCritic(ChunkCritic):
         data = batch[ACTION][:, None]
         feats = self.obs_features(batch)
         q = self.score(feats, self._chunks(data))[..., 0]  # (E, B)
-        v = self.value_head(feats)[0, :, 0]  # (B,)
+        v = self.q_scale * self.value_head(feats)[0, :, 0]  # (B,)
         with torch.no_grad():
             q_target = aggregate(self.q_target(batch, data)[..., 0], self.cfg.target_agg, self.cfg.agg_k)
             v_next = self.v(next_obs(batch))

@@ -112,7 +112,7 @@ class VQHCritic(CalQLCritic):
 
     def score(self, feats, chunks: Tensor, target: bool = False) -> Tensor:
         tokens, mask = feats
-        return (self.target_heads if target else self.heads)(tokens, mask, chunks)
+        return self.q_scale * (self.target_heads if target else self.heads)(tokens, mask, chunks)
 
     def value(self, obs: Batch, policy: ChunkPolicy | None = None, n: int = 8) -> Tensor:
         return super().value(obs, self.vla if policy is None else policy, n)

@@ -79,3 +79,23 @@ def test_broken_checkpoints_give_one_clear_error(tmp_path):
         load_critic(tmp_path / "p")
     with pytest.raises(CheckpointError, match="does not exist"):
         load_critic(tmp_path / "missing")
+
+
+def test_diagnostic_metrics():
+    from critics.diagnostics import auroc, metrics, source_group, spearman
+
+    assert auroc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0
+    assert auroc([0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5  # ties count half
+    assert auroc([0.1, 0.2], [1, 1]) is None
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 45]) == pytest.approx(1.0)
+    assert spearman([1, 1, 1, 1], [1, 2, 3, 4]) is None
+    assert [source_group(s, h) for s, h in [("demo", False), ("policy:v1", False), ("policy:v1", True),
+                                            ("intervention", False)]] == ["demo", "policy", "intervention", "intervention"]
+    pred = {"q": np.array([-1.0, -2.0, -3.0, -9.0, -8.0]), "ret": np.array([-1.0, -2.5, -3.0, -10.0, -10.0]),
+            "success": np.array([1, 1, 1, 0, 0], bool), "episode": np.array([0, 0, 0, 1, 1]),
+            "group": np.array(["demo", "demo", "demo", "policy", "intervention"])}
+    m = metrics(pred)
+    assert m["chunks"] == 5 and m["episodes"] == 2 and m["auroc_q"] == 1.0
+    assert m["by_source"]["demo"]["spearman_q"] == pytest.approx(1.0) and m["by_source"]["demo"]["auroc_q"] is None
+    assert m["by_source"]["policy"]["chunks"] == 1 and "v" not in pred and "mean_v" not in m

@@ -19,7 +19,7 @@ def test_vqh_learns_the_exact_chunk_q_from_prefix_tokens():
     policy = ChainPrefixPolicy(P_RIGHT, H)
     critic = build_critic({**VQH, "chunk_len": H, "gamma": GAMMA, "alpha": 0.0, "tau": 0.2, "n_next": 8,
                            "target_agg": "mean", "hidden": [64, 64]}, mdp.features(), mdp.stats(), policy=policy)
-    fit(critic, lambda: mdp.random_batch(128, H, rng), None, 300)  # bootstraps with its own VLA
+    fit(critic, lambda: mdp.random_batch(128, H, rng), None, 400)  # bootstraps with its own VLA
     exact = mdp.exact_chunk_q(np.array(P_RIGHT), H)
     keys = list(exact)
     # values span about 4; the attention head fits a little less tightly than an MLP on one-hots
