@@ -47,13 +47,18 @@ def _env(threads: int | None) -> dict:
     return env
 
 
-def run(cmds: list[tuple[list, Path]], log: list[dict], threads: int | None = None) -> None:
-    """Run entry points side by side (each skipped when its output exists), recording commands and wall times."""
+def run(cmds: list[tuple[list, Path]], log: list[dict], threads: int | None = None, stagger: float = 0.0) -> None:
+    """Run entry points side by side (each skipped when its output exists), recording commands and wall times.
+
+    ``stagger`` seconds between starts, so that the processes' data loading does not coincide.
+    """
     procs = []
     for cmd, done in cmds:
         if done.exists():
             log.append({"command": _shown(cmd), "skipped": "output exists"})
         else:
+            if procs:
+                time.sleep(stagger)
             procs.append((cmd, time.time(), subprocess.Popen(cmd, cwd=REPO, env=_env(threads), text=True,
                                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
     for cmd, t0, proc in procs:
@@ -101,7 +106,7 @@ def main() -> None:
            f"policy_path={policy}", f"out={w / f'critic_{name}'}", f"steps={args.critic_steps}",
            f"batch_size={args.batch_size}", f"seed={args.seed}", "resume=true", "train.progress=false",
            *args.critic_overrides], w / f"critic_{name}" / "diagnostics.json") for name in args.critics],
-        log, args.threads)
+        log, args.threads, stagger=30.0)
 
     results = {}
     for name in args.critics:

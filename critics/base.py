@@ -70,6 +70,8 @@ class CriticConfig:
             raise ConfigError("critic.chunk_len, critic.ensemble and critic.n_next must be >= 1")
         if not 0.0 < self.gamma <= 1.0 or not 0.0 < self.tau <= 1.0:
             raise ConfigError(f"critic.gamma={self.gamma} and critic.tau={self.tau} must lie in (0, 1]")
+        if self.timeout_bootstrap and self.gamma >= 1.0:
+            raise ConfigError("critic.timeout_bootstrap needs gamma < 1 (a failure is worth r / (1 - gamma))")
         if self.q_scale is not None and self.q_scale <= 0:
             raise ConfigError(f"critic.q_scale={self.q_scale} must be > 0 (or null: automatic)")
 
@@ -149,8 +151,8 @@ class ChunkCritic(nn.Module):
         self.state_dim = int(self.features[STATE][-1]) if STATE in self.features else 0
         self.cameras = image_keys(self.features)
         self.normalizer = Normalizer(stats)
-        self.q_scale = float(cfg.q_scale if cfg.q_scale is not None else
-                             1.0 / (1.0 - cfg.gamma) if cfg.reward_mode == "sparse_neg" and cfg.gamma < 1 else 1.0)
+        auto_scale = 1.0 / (1.0 - cfg.gamma) if cfg.reward_mode == "sparse_neg" and cfg.gamma < 1 else 1.0
+        self.q_scale = float(auto_scale if cfg.q_scale is None else cfg.q_scale)
         self.encoder, self.feature_dim = self.build_encoder(policy)
         self.heads = self.build_heads()
         self.target_encoder = self._frozen_copy(self.encoder)

@@ -213,3 +213,20 @@ def test_obs_to_batch_layout():
     assert batch["observation.state"].shape == (2, 3)
     assert batch["observation.images.front"].shape == (2, 3, 32, 40)
     assert batch["observation.images.front"][:, 0].min() == 1.0 and batch["task"] == ["pick the red cube", "b"]
+
+
+def test_readers_leave_a_live_writer_alone_and_writers_exclude_each_other(tmp_path):
+    root = write_episodes(tmp_path / "ds", [3])
+    journal = (root / "meta/vla_episodes.jsonl").read_text()
+    w = EpisodeWriter(root, fps=10, obs_spec=STATE_SPEC, action_dim=2)
+    try:
+        with pytest.raises(DataError, match="another writer holds"):
+            EpisodeWriter(root, fps=10, obs_spec=STATE_SPEC, action_dim=2)
+        w.add_step(_obs(0), np.zeros(2))
+        w.end_episode("demo", seed=1)
+        assert ChunkDataset([root], chunk_len=2).num_episodes == 2  # opening while the writer lives
+        assert (root / "meta/vla_episodes.jsonl").read_text().startswith(journal)
+    finally:
+        w.close()
+    with EpisodeWriter(root, fps=10, obs_spec=STATE_SPEC, action_dim=2) as again:
+        assert len(again) == 2

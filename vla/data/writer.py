@@ -19,6 +19,7 @@ The cost is one finalise/resume per episode; ``benchmarks/bench_writer.py`` meas
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -90,6 +91,23 @@ def _list_files(root: Path) -> list[str]:
     return sorted(out)
 
 
+LOCK = "meta/.vla_writer.lock"  # flock-ed by the live writer: readers skip repair, a 2nd writer is refused
+
+
+def _writer_alive(root: Path) -> bool:
+    """True while an EpisodeWriter in some process holds the dataset's lock (released on kill -9)."""
+    path = root / LOCK
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def read_journal(root: str | Path) -> list[dict]:
     """Committed episodes (in order), or [] for a dataset without a journal."""
     path = Path(root) / JOURNAL
@@ -104,18 +122,27 @@ def read_journal(root: str | Path) -> list[dict]:
     return entries
 
 
-def repair(root: str | Path) -> int:
+def repair(root: str | Path, _owner: bool = False) -> int:
     """Bring a dataset written by this writer back to its last committed episode.
 
     Returns the number of committed episodes. A dataset without our marker (written
-    by LeRobot itself) is left untouched.
+    by LeRobot itself) is left untouched, and so is one that a live writer holds
+    (``_owner``: the caller is that writer).
     """
     root = Path(root)
     if not (root / MARKER).exists():
         return -1
     committed = read_journal(root)
-    # rewrite the journal without a torn tail
-    _fsync_write(root / JOURNAL, "".join(json.dumps(e) + "\n" for e in committed))
+    if not _owner and _writer_alive(root):
+        # a live writer owns the files past its last commit: a reader must not roll them back
+        return len(committed)
+    text = (root / JOURNAL).read_text() if (root / JOURNAL).exists() else ""
+    clean = "".join(json.dumps(e) + "\n" for e in committed)
+    if text.count("\n") != len(committed) or (text and not text.endswith("\n")):
+        # a torn last line: replace the journal atomically (never truncate it in place)
+        tmp = root / (JOURNAL + ".tmp")
+        _fsync_write(tmp, clean)
+        os.replace(tmp, root / JOURNAL)
     snap = root / SNAPSHOT_DIR
     info = json.loads((root / "meta/info.json").read_text()) if (root / "meta/info.json").exists() else None
     consistent = info is not None and info.get("total_episodes") == len(committed)
@@ -181,11 +208,17 @@ class EpisodeWriter:
         self._steps: list[dict] = []
         self._ds = None  # the open LeRobot dataset, kept between episodes
 
+        self._lock = None
         if (self.root / "meta/info.json").exists():
-            n = repair(self.root)
-            self._check_features()
-            if n < 0:  # a LeRobot dataset we did not write: adopt it
-                self._adopt()
+            self._check_features()  # read-only
+            self._take_lock()  # before repair: a second writer must not roll back the first's episode
+            try:
+                n = repair(self.root, _owner=True)
+                if n < 0:  # a LeRobot dataset we did not write: adopt it
+                    self._adopt()
+            except BaseException:
+                self.close()
+                raise
             self._committed = len(read_journal(self.root))
         else:
             if self.root.exists() and any(self.root.iterdir()):
@@ -201,6 +234,17 @@ class EpisodeWriter:
             _fsync_write(self.root / MARKER, json.dumps({"writer": "vla", "version": 1}))
             _fsync_write(self.root / JOURNAL, "")
             self._committed = 0
+            self._take_lock()
+
+    def _take_lock(self) -> None:
+        """Hold an exclusive lock for the writer's lifetime (the OS drops it when the process dies)."""
+        self._lock = open(self.root / LOCK, "a")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise DataError(f"{self.root}: another writer holds this dataset (close it first)") from None
 
     # -- setup -------------------------------------------------------------------
     def _check_features(self) -> None:
@@ -338,6 +382,9 @@ class EpisodeWriter:
         if self._ds is not None:
             _neuter(self._ds)  # everything is sealed already; nothing may be written after
             self._ds = None
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
 
 
 class _LastEpisode:
