@@ -8,7 +8,9 @@ subprocesses with the exact command lines recorded in the output. Also measures 
 training step with 1 and 2 torch threads (why ``train.threads`` defaults to 1 on the CPU).
 
     python benchmarks/bench_bc.py [--tasks reach pick_place] [--heads flow diffusion] \
-        [--demos 100] [--episodes 50] [--work /tmp/bench_bc] [--write benchmarks/results/bc.json]
+        [--demos 100] [--episodes 50] [--jobs 2] [--work /tmp/bench_bc] [--write benchmarks/results/bc.json]
+
+``--jobs`` runs that many train-and-evaluate pipelines side by side (one torch thread each).
 
 Target (issue 4): >= 80% on reach and >= 50% on pick_place, each within 30 minutes of CPU
 training.
@@ -24,15 +26,17 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 # Training overrides per task (on top of configs/train.yaml and configs/policy/<head>.yaml).
+FROM_SCRATCH = ["batch_size=64", "train.lr=1e-3", "train.warmup_steps=100"]
 TRAIN = {
-    "reach": ["steps=3000"],
-    "pick_place": ["steps=10000"],
+    "reach": ["steps=3000", *FROM_SCRATCH],
+    "pick_place": ["steps=6000", *FROM_SCRATCH],
 }
 TARGET = {"reach": 0.8, "pick_place": 0.5}
 
@@ -81,6 +85,7 @@ def main() -> None:
     ap.add_argument("--demos", type=int, default=100)
     ap.add_argument("--episodes", type=int, default=50)
     ap.add_argument("--steps", type=int, default=None, help="override every task's training steps")
+    ap.add_argument("--jobs", type=int, default=2, help="train-and-evaluate pipelines run side by side")
     ap.add_argument("--work", default="/tmp/bench_bc", help="demos, runs and evaluations go here")
     ap.add_argument("--write", default=None, help="also write the JSON to this file")
     args = ap.parse_args()
@@ -90,6 +95,7 @@ def main() -> None:
     results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "load_avg_at_start": list(os.getloadavg())},
                      "demos": args.demos, "eval_episodes": args.episodes, "eval_seeds_from": 10000, "runs": []}
+    jobs = []
     for task in args.tasks:
         demos = work / f"{task}_demos"
         collect = [PY, "scripts/collect.py", f"env={task}", "source=expert", f"episodes={args.demos}",
@@ -101,27 +107,34 @@ def main() -> None:
             results["step_time_s"]["note"] = "flow policy, batch 64, default sizes; other jobs may share the cores"
         for head in args.heads:
             out = work / f"{task}_{head}"
-            overrides = [o for o in TRAIN.get(task, []) if not (args.steps and o.startswith("steps="))]
-            if args.steps:
-                overrides.append(f"steps={args.steps}")
-            train = [PY, "scripts/train.py", f"policy={head}", f"env={task}", f"data=[{demos}]", f"out={out}",
-                     "train.progress=false", *overrides]
             if out.exists():
                 sys.exit(f"{out} exists: remove it or choose another --work")
-            train_s = run(train, work / f"{task}_{head}_train.log")
-            evaluate = [PY, "scripts/evaluate.py", f"env={task}", f"policy_path={out}",
-                        f"episodes={args.episodes}", "videos=0", f"out={out}/eval"]
-            eval_s = run(evaluate, work / f"{task}_{head}_eval.log")
-            m = json.loads((out / "eval" / "metrics.json").read_text())
-            row = {"task": task, "head": head, "success_rate": m["success_rate"], "ci95": m["ci95"],
-                   "episodes": m["episodes"], "mean_steps": m["mean_steps"], "execute_steps": m["execute_steps"],
-                   "train_minutes": round(train_s / 60, 2), "eval_minutes": round(eval_s / 60, 2),
-                   "target": TARGET.get(task), "meets_target": m["success_rate"] >= TARGET.get(task, 0.0)
-                   and train_s <= 30 * 60,
-                   "commands": {"collect": shlex.join(collect), "train": shlex.join(train),
-                                "evaluate": shlex.join(evaluate)}}
-            results["runs"].append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+            jobs.append((task, head, demos, collect, out))
+
+    def one(task, head, demos, collect, out) -> dict:
+        overrides = [o for o in TRAIN.get(task, []) if not (args.steps and o.startswith("steps="))]
+        if args.steps:
+            overrides.append(f"steps={args.steps}")
+        train = [PY, "scripts/train.py", f"policy={head}", f"env={task}", f"data=[{demos}]", f"out={out}",
+                 "train.progress=false", *overrides]
+        train_s = run(train, work / f"{task}_{head}_train.log")
+        evaluate = [PY, "scripts/evaluate.py", f"env={task}", f"policy_path={out}",
+                    f"episodes={args.episodes}", "videos=0", f"out={out}/eval"]
+        eval_s = run(evaluate, work / f"{task}_{head}_eval.log")
+        m = json.loads((out / "eval" / "metrics.json").read_text())
+        row = {"task": task, "head": head, "success_rate": m["success_rate"], "ci95": m["ci95"],
+               "episodes": m["episodes"], "mean_steps": m["mean_steps"], "execute_steps": m["execute_steps"],
+               "train_minutes": round(train_s / 60, 2), "eval_minutes": round(eval_s / 60, 2),
+               "target": TARGET.get(task), "meets_target": m["success_rate"] >= TARGET.get(task, 0.0)
+               and train_s <= 30 * 60,
+               "commands": {"collect": shlex.join(collect), "train": shlex.join(train),
+                            "evaluate": shlex.join(evaluate)}}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row
+
+    results["jobs_side_by_side"] = args.jobs
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results["runs"] = list(pool.map(lambda job: one(*job), jobs))
     text = json.dumps(results, indent=1)
     print(text)
     if args.write:

@@ -45,7 +45,8 @@ def select_frames(algo: str, frames: dict) -> np.ndarray:
 
 
 def human_steps_only(batch: Batch) -> Batch:
-    """The batch with the non-human steps of non-demo chunks marked as padding (not learned)."""
+    """The batch with the non-human steps of non-demo chunks left out of the loss (and marked as
+    padding, for LeRobot policies)."""
     for key in ("intervention", "source"):
         if key not in batch:
             raise DataError(f"hg_dagger needs '{key}' in the batch (use vla.data.ChunkDataset)")
@@ -54,7 +55,7 @@ def human_steps_only(batch: Batch) -> Batch:
         pad = torch.zeros_like(batch["intervention"], dtype=torch.bool)
     is_demo = torch.tensor([s == SOURCE_DEMO for s in batch["source"]], device=pad.device)  # (B,)
     not_human = ~batch["intervention"].bool() & ~is_demo[:, None]  # (B, H)
-    return {**batch, "action_is_pad": pad | not_human}
+    return {**batch, "action_is_pad": pad | not_human, "action_loss_mask": ~not_human}
 
 
 class BCLoss:

@@ -31,7 +31,10 @@ from vla.errors import ConfigError
 
 log = logging.getLogger("vla.pipeline")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-METHODS = ("base", "base_rerank", "awm", "apo", "awm_rerank", "dual", "hg_dagger")
+# method evaluated -> the policy checkpoint (stage) it runs
+_CHECKPOINT = {"base": "base", "base_rerank": "base", "awm": "awm", "apo": "apo", "awm_rerank": "awm",
+               "dual": "base", "hg_dagger": "hg_dagger", "filtered_bc": "filtered_bc"}
+METHODS = tuple(_CHECKPOINT)
 
 
 def compose_stage(config_name: str, overrides: list[str]) -> dict:
@@ -112,6 +115,12 @@ def run_pipeline(cfg: dict) -> Path:
     """Run (or resume) the demo experiment ``cfg`` (configs/experiment/*.yaml); returns the report path."""
     from vla.report import write_report
 
+    for method in cfg["eval"]["methods"]:
+        if method not in METHODS:
+            raise ConfigError(f"eval.methods: unknown method {method!r}; known: {list(METHODS)}")
+        needs = _CHECKPOINT[method]
+        if needs not in ("base", *cfg["refine"]["methods"]):
+            raise ConfigError(f"eval.methods has {method!r}, which needs refine.methods to include {needs!r}")
     torch.set_num_threads(int(cfg.get("torch_threads") or 1))
     torch.manual_seed(int(cfg["seed"]))
     run = Run(cfg["out"])
@@ -166,8 +175,6 @@ def run_pipeline(cfg: dict) -> Path:
         [f"policy={cfg['base']['policy']}", f"env={task}", f"data=[{demos}]", *cfg["system1"]["overrides"]], p))
 
     for method in cfg["eval"]["methods"]:
-        if method not in METHODS:
-            raise ConfigError(f"eval.methods: unknown method {method!r}; known: {list(METHODS)}")
         stages[f"eval/{method}"] = run.stage(f"eval/{method}", lambda p, m=method: evaluate_method(cfg, m, p))
 
     report = write_report(run.out, cfg, stages)
@@ -183,9 +190,7 @@ def _agent_factory(cfg: dict, method: str, device: str = "cpu"):
     from vla.agent import ChunkAgent
 
     out = Path(cfg["out"])
-    name = {"base": "base", "base_rerank": "base", "awm": "awm", "awm_rerank": "awm",
-            "apo": "apo", "hg_dagger": "hg_dagger", "dual": "base"}[method]
-    policy = load_policy(out / name, device=device)
+    policy = load_policy(out / _CHECKPOINT[method], device=device)
     execute = cfg["eval"].get("execute_steps") or policy.config.get("execute_steps") or policy.chunk_len
     if method.endswith("rerank"):
         critic = load_critic(out / "critic", device=device)
@@ -199,13 +204,16 @@ def _agent_factory(cfg: dict, method: str, device: str = "cpu"):
     return lambda: ChunkAgent(policy, execute, device=device)
 
 
-def evaluate_method(cfg: dict, method: str, out: Path) -> dict:
-    """Success over unseen seeds for one method; writes metrics.json and a few GIFs (same seeds for all)."""
+def evaluate_method(cfg: dict, method: str, out: Path, factory: Callable | None = None) -> dict:
+    """Success over unseen seeds for one method; writes metrics.json and a few GIFs (same seeds for all).
+
+    ``factory`` (a maker of fresh agents) replaces the method's agent from the run folder.
+    """
     import sim
     from vla.rollout import evaluate, run_episode
 
     e = cfg["eval"]
-    factory = _agent_factory(cfg, method)
+    factory = factory or _agent_factory(cfg, method)
     seeds = list(range(int(e["seed"]), int(e["seed"]) + int(e["episodes"])))
     venv = sim.make_vector(cfg["task"], int(e.get("num_envs") or 1))
     try:

@@ -45,6 +45,10 @@ class PolicyConfig:
     chunk_len: int = 16  # H
     execute_steps: int = 8  # a hint for agents: actions executed per chunk before re-planning
     observation_keys: list[str] | None = None  # None: the state and every camera of the features
+    # Steps of a chunk past its episode's end (action_is_pad) hold the last action: learn them
+    # (the policy learns to stay put once done, and a chunk drawn near an episode's end ends
+    # somewhere sensible), or leave them out of the loss (false; untrained, they can be anything).
+    hold_after_end: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -68,8 +72,9 @@ class VLAContext:
 def _forward_fill_pad(a: Tensor, pad: Tensor) -> Tensor:
     """Replace padded steps of a (B, H, Da) by the last real step before them.
 
-    The padded values never reach the loss, but they would reach the network's input through
-    attention across the chunk; filling them makes the loss independent of what they hold.
+    The data layer already repeats an episode's last action past its end; filling here makes
+    the loss independent of what a caller's padded steps hold (they reach the network's input
+    through attention across the chunk, and the loss when ``hold_after_end``).
     """
     pos = torch.arange(a.shape[1], device=a.device).expand_as(pad)
     last = torch.where(pad, torch.full_like(pos, -1), pos).cummax(dim=1).values.clamp_min(0)
@@ -185,8 +190,10 @@ class VLAPolicy(nn.Module):
         """Denoising loss in the normalised action space; (B,) with reduction='none'.
 
         noise (B, H, Da) and t (B,) in [0, 1] may be given so that two models (policy and a
-        frozen reference) are compared at the same draws; padded steps (action_is_pad) are
-        left out. For the diffusion head t maps to a DDPM timestep (see policies/diffusion.py).
+        frozen reference) are compared at the same draws. Steps past the episode's end
+        (action_is_pad) hold the last action and are learnt when ``hold_after_end`` (else left
+        out); steps where the batch's ``action_loss_mask`` is False are always left out. For the
+        diffusion head t maps to a DDPM timestep (see policies/diffusion.py).
         """
         if reduction not in ("mean", "sum", "none"):
             raise ConfigError(f"loss reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -213,7 +220,11 @@ class VLAPolicy(nn.Module):
         ctx = self.encode(batch)
         x_t, net_t = self.head.noisy(a, noise, t)
         err = (self.expert(x_t, net_t, ctx.kv, ctx.mask) - self.head.target(a, noise, t)).pow(2)
-        valid = (~pad).to(err.dtype)[..., None]  # (B, H, 1)
+        keep = batch.get("action_loss_mask")
+        keep = torch.ones_like(pad) if keep is None else keep.to(dev).bool()
+        if not self.cfg.hold_after_end:
+            keep = keep & ~pad
+        valid = keep.to(err.dtype)[..., None]  # (B, H, 1)
         per_sample = (err * valid).sum((1, 2)) / (valid.sum((1, 2)) * Da).clamp_min(1.0)
         if reduction == "none":
             return per_sample

@@ -38,12 +38,10 @@ def evaluate_policy(cfg: dict) -> dict:
     for key in ("env", "policy_path", "out"):
         if cfg.get(key) in (None, "", "???"):
             raise ConfigError(f"missing config value '{key}' (e.g. {key}=...)")
-    opts = {k: v for k, v in cfg["env"].items() if v is not None}
-    if "name" not in opts:
-        raise ConfigError("the env config has no 'name' (env=<task>)")
+    name, opts = sim.env_options(cfg["env"])
     if int(cfg.get("episodes") or 0) < 1:
         raise ConfigError(f"episodes must be >= 1, got {cfg.get('episodes')}")
-    name, out = opts.pop("name"), Path(cfg["out"])
+    out = Path(cfg["out"])
     device = cfg.get("device") or "cpu"
     if device == "auto":
         import torch

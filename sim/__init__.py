@@ -20,7 +20,16 @@ from sim.base import ArmEnv  # noqa: E402
 from sim.expert import CallableExpert, ScriptedExpert, load_callable, make_expert  # noqa: E402
 from sim.gym_adapter import GymAdapter, make_gym  # noqa: E402
 from sim.intervener import ScriptedIntervener  # noqa: E402
-from sim.registry import GYM_IDS, TASKS, make, make_from_config, make_vector, register_envs, task_names  # noqa: E402
+from sim.registry import (  # noqa: E402
+    GYM_IDS,
+    TASKS,
+    env_options,
+    make,
+    make_from_config,
+    make_vector,
+    register_envs,
+    task_names,
+)
 from sim.teleop import KeyEvents, TeleopIntervener  # noqa: E402
 
 register_envs()
@@ -35,6 +44,7 @@ __all__ = [
     "ScriptedExpert",
     "ScriptedIntervener",
     "TeleopIntervener",
+    "env_options",
     "load_callable",
     "make",
     "make_expert",

@@ -58,12 +58,22 @@ def make(name: str, **overrides) -> gym.Env:
     return cls(**overrides)
 
 
-def make_from_config(cfg: Mapping) -> gym.Env:
-    """An env from an ``env`` config group entry: ``name`` plus options (None means default)."""
-    opts = {k: v for k, v in _plain(cfg).items() if v is not None}
+# Keys of an env config that describe the task's data for the policy rather than configure the env.
+POLICY_KEYS = ("state_layout",)
+
+
+def env_options(cfg: Mapping) -> tuple[str, dict]:
+    """The task name and constructor options of an ``env`` config entry (None means default)."""
+    opts = {k: v for k, v in _plain(cfg).items() if v is not None and k not in POLICY_KEYS}
     if "name" not in opts:
         raise ConfigError("env config has no 'name' (a task name, or 'gym')")
-    return make(opts.pop("name"), **opts)
+    return opts.pop("name"), opts
+
+
+def make_from_config(cfg: Mapping) -> gym.Env:
+    """An env from an ``env`` config group entry: ``name`` plus options (None means default)."""
+    name, opts = env_options(cfg)
+    return make(name, **opts)
 
 
 def env_fn(name: str, **overrides) -> Callable[[], gym.Env]:

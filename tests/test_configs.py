@@ -72,3 +72,16 @@ def test_every_group_option_composes(group, option):
     OmegaConf.to_container(cfg, resolve=False)
     for where, node in _targets(cfg):
         assert instantiate(node) is not None, where
+
+
+def test_policy_reads_the_state_layout_of_the_env_it_trains_on():
+    with_env = OmegaConf.to_container(_compose("train", ["env=pick_place", "data=[x]", "out=y"]), resolve=True)
+    assert with_env["policy"]["model"]["state_layout"] == [8, 3]
+    without = OmegaConf.to_container(_compose("train", ["data=[x]", "out=y"]), resolve=True)
+    assert without["policy"]["model"]["state_layout"] is None
+    import sim
+
+    assert sim.env_options(with_env["env"])[0] == "pick_place"  # the policy's key is not an env option
+    env = sim.make_from_config(with_env["env"])
+    assert env.observation_space["observation.state"].shape == (8 + 3 * 3,)
+    env.close()

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 LABELS = {
     "base": "BC base", "base_rerank": "base + critic re-ranking", "awm": "AWM", "apo": "APO",
     "awm_rerank": "AWM + critic re-ranking", "dual": "dual system (S2 select, S1 refine)",
-    "hg_dagger": "HG-DAgger (baseline)",
+    "hg_dagger": "HG-DAgger (baseline)", "filtered_bc": "filtered BC (baseline)",
 }
 
 
@@ -58,7 +58,7 @@ def plot_success(results: dict[str, dict], path: Path) -> None:
 def plot_learning_curves(out: Path, path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     drawn = False
-    for name in ("base", "awm", "apo", "hg_dagger", "system1", "critic"):
+    for name in ("base", "awm", "apo", "hg_dagger", "filtered_bc", "system1", "critic"):
         steps, values = _loss_curve(out / name)
         if steps:
             ax.plot(steps, values, label=name)

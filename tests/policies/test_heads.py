@@ -130,6 +130,12 @@ def test_padded_steps_do_not_affect_the_loss(head):
     changed = {**batch, "action": batch["action"].clone()}
     changed["action"][0, 3] += 1.0  # a real step does count
     assert not torch.isclose(policy.loss(changed, reduction="none", noise=noise, t=t)[0], base[0])
+    # by default the padded steps are learnt as holding the last action; hold_after_end=false or
+    # the batch's action_loss_mask leaves them out
+    masked = policy.loss({**batch, "action_loss_mask": ~batch["action_is_pad"]}, reduction="none", noise=noise, t=t)
+    assert not torch.allclose(masked[[0, 2]], base[[0, 2]]) and torch.allclose(masked[[1, 3]], base[[1, 3]])
+    policy.cfg.hold_after_end = False
+    assert torch.allclose(policy.loss(batch, reduction="none", noise=noise, t=t), masked, atol=1e-6)
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -189,6 +195,7 @@ def test_a_tiny_model_overfits_a_few_chunks(head):
             "expert_width": 32,
             "prefix_layers": 0,
             "state_hidden": 64,
+            "dropout": 0.0,  # capacity, not regularisation, is under test
             "text": {"type": "none"},
         },
     }
@@ -380,7 +387,7 @@ def test_hydra_policy_configs_build(name):
         },
     )
     assert policy.cfg.head == ("diffusion" if name == "diffusion" else "flow")
-    plain = OmegaConf.to_container(cfg)
+    plain = OmegaConf.to_container(cfg, resolve=True)
     assert policy.config["model"] == plain["model"] and policy.chunk_len == plain["chunk_len"]
 
 

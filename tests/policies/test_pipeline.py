@@ -11,7 +11,8 @@ def test_tiny_pipeline_runs_end_to_end_and_resumes(tmp_path):
     report = run_pipeline(cfg)
     run = tmp_path / "run"
     text = report.read_text()
-    for method in METHODS:
+    assert set(cfg["eval"]["methods"]) <= set(METHODS)
+    for method in cfg["eval"]["methods"]:
         metrics = json.loads((run / "eval" / method / "metrics.json").read_text())
         assert metrics["episodes"] == 2 and 0.0 <= metrics["success_rate"] <= 1.0
         assert metrics["ci95"][0] <= metrics["success_rate"] <= metrics["ci95"][1]

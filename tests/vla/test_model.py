@@ -179,3 +179,23 @@ def test_hf_encoders_load_from_a_local_directory(tmp_path):
     assert any(p.grad is not None for p in enc.text.backbone.parameters())
     with pytest.raises(ConfigError, match="not a local directory"):
         ObservationEncoder({**TINY, "vision": {"type": "hf", "path": str(tmp_path / "nope")}}, feats)
+
+
+def test_state_layout_gives_one_token_per_object_through_a_shared_encoder():
+    feats = {"observation.state": (8 + 3 * 3,)}
+    enc = ObservationEncoder({**TINY, "state_layout": [8, 3], "prefix_layers": 0, "text": {"type": "none"}}, feats)
+    torch.manual_seed(0)
+    state = torch.randn(2, 17)
+    state[:, 11:14] = state[:, 8:11]  # objects 0 and 1 at the same place
+    with torch.no_grad():
+        tok = enc({"observation.state": state, "task": ["a", "b"]}).tokens
+    assert tok.shape == (2, 1 + 3, 32)  # proprioception + three objects
+    # the same position in two slots differs only by the two slots' embeddings (one shared encoder)
+    raw = enc.objects(torch.cat([state[:, 8:11], state[:, :8]], dim=-1))  # an object sees the proprioception
+    expect = [enc.norm(raw + enc.object_emb[i] + enc.type_emb[0]) for i in (0, 1)]
+    assert torch.allclose(tok[:, 1], expect[0], atol=1e-5) and torch.allclose(tok[:, 2], expect[1], atol=1e-5)
+    assert not torch.allclose(tok[:, 1], tok[:, 2])
+    with pytest.raises(ShapeError, match=r"state_layout=\[8, 4\] does not fit"):
+        ObservationEncoder({**TINY, "state_layout": [8, 4]}, feats)
+    with pytest.raises(ConfigError, match="state_layout"):
+        from_dict(ModelConfig, {"state_layout": [8]}, "model")

@@ -45,11 +45,17 @@ class ModelConfig:
     d_model: int = 128
     n_heads: int = 2
     mlp_ratio: float = 4.0
-    dropout: float = 0.0
+    dropout: float = 0.1  # in the prefix and the expert; on 100 sim demos 0.1 took reach from 58% to 98%
     prefix_layers: int = 1  # transformer layers fusing the prefix tokens (0: none)
     expert_layers: int = 3  # action expert depth
     expert_width: int | None = 64  # action expert width (None: d_model); narrower is cheaper per candidate
-    state_hidden: int = 256  # MLP that turns the state into one token
+    state_hidden: int = 256  # MLP that turns the state (or each part of it) into a token
+    # [P, E]: the state is P proprioceptive values then objects of E values each (the sim tasks:
+    # [8, 3], xyz per object). Each object (with the proprioception beside it) becomes its own
+    # token through one shared MLP plus a slot embedding, so attention can pick the object the
+    # instruction names and what is learnt about one object holds for every object. null: the
+    # state is one token.
+    state_layout: tuple[int, int] | None = None
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
 
@@ -58,6 +64,10 @@ class ModelConfig:
             width = getattr(self, name)
             if width is not None and width % self.n_heads:
                 raise ConfigError(f"model.{name}={width} is not divisible by model.n_heads={self.n_heads}")
+        if self.state_layout is not None:
+            if len(self.state_layout) != 2 or self.state_layout[0] < 0 or self.state_layout[1] < 1:
+                raise ConfigError(f"model.state_layout must be [proprio_dim >= 0, object_dim >= 1], got {self.state_layout}")
+            self.state_layout = (int(self.state_layout[0]), int(self.state_layout[1]))
         if self.vision.type not in ("conv", "hf"):
             raise ConfigError(f"model.vision.type must be 'conv' or 'hf', got {self.vision.type!r}")
         if self.text.type not in ("bytes", "hf", "none"):

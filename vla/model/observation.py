@@ -52,6 +52,10 @@ def canonical_features(features: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, d_out))
+
+
 class ObservationEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig | dict, features: dict):
         super().__init__()
@@ -64,11 +68,23 @@ class ObservationEncoder(nn.Module):
             raise ConfigError("features have neither observation.state nor any observation.images.<cam>")
         D = cfg.d_model
 
-        self.state = None
+        self.state = self.objects = None
         if self.state_dim is not None:
-            self.state = nn.Sequential(
-                nn.Linear(self.state_dim, cfg.state_hidden), nn.SiLU(), nn.Linear(cfg.state_hidden, D)
-            )
+            self.proprio_dim, self.object_dim = cfg.state_layout or (self.state_dim, 0)
+            if self.object_dim and (self.state_dim < self.proprio_dim
+                                    or (self.state_dim - self.proprio_dim) % self.object_dim):
+                raise ShapeError(
+                    f"model.state_layout={list(cfg.state_layout)} does not fit {STATE} of size {self.state_dim}: "
+                    f"it must be {self.proprio_dim} + a multiple of {self.object_dim}"
+                )
+            self.n_objects = (self.state_dim - self.proprio_dim) // self.object_dim if self.object_dim else 0
+            if self.proprio_dim:
+                self.state = _mlp(self.proprio_dim, cfg.state_hidden, D)
+            if self.n_objects:
+                # shared by every object; each object also sees the proprioception, so that its token
+                # can say where it is relative to the gripper (what grasping and placing need)
+                self.objects = _mlp(self.object_dim + self.proprio_dim, cfg.state_hidden, D)
+                self.object_emb = nn.Parameter(torch.randn(self.n_objects, D) * 0.02)
         self.vision = None
         if self.cameras:
             v = cfg.vision
@@ -130,10 +146,18 @@ class ObservationEncoder(nn.Module):
             tok, mask = self.text(obs[TASK], device)
             parts.append(tok + self.type_emb[1])
             masks.append(mask)
-        if self.state is not None:
-            tok = self.state(obs[STATE].to(device=device, dtype=torch.float32))[:, None]
+        if self.state_dim is not None:
+            state = obs[STATE].to(device=device, dtype=torch.float32)
+            tok = []
+            if self.state is not None:
+                tok.append(self.state(state[:, : self.proprio_dim])[:, None])
+            if self.objects is not None:
+                objects = state[:, self.proprio_dim:].reshape(B, self.n_objects, self.object_dim)
+                proprio = state[:, None, : self.proprio_dim].expand(B, self.n_objects, self.proprio_dim)
+                tok.append(self.objects(torch.cat([objects, proprio], dim=-1)) + self.object_emb)
+            tok = torch.cat(tok, dim=1)
             parts.append(tok + self.type_emb[0])
-            masks.append(torch.ones(B, 1, dtype=torch.bool, device=device))
+            masks.append(torch.ones(tok.shape[:2], dtype=torch.bool, device=device))
         x, mask = torch.cat(parts, dim=1), torch.cat(masks, dim=1)
         for layer in self.fusion:
             x = layer(x, src_key_padding_mask=~mask)
