@@ -61,7 +61,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import default_collate
 from policies import build_policy
 from vla.data import ChunkDataset, compute_stats
-cfg = OmegaConf.to_container(OmegaConf.load("configs/policy/flow.yaml"))
+cfg = OmegaConf.to_container(OmegaConf.load("configs/policy/flow.yaml"), resolve=True)
 ds = ChunkDataset([{data!r}], chunk_len=cfg["chunk_len"])
 p = build_policy(cfg, ds.features, compute_stats(ds))
 opt = torch.optim.AdamW(p.parameters(), 1e-4)

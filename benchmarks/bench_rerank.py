@@ -51,7 +51,7 @@ def main() -> None:
     torch.manual_seed(0)
     features = {"observation.state": (DS,), "action": (DA,)}
     st = {"observation.state": stats(DS), "action": stats(DA)}
-    policy_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy/flow.yaml"))
+    policy_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy/flow.yaml"), resolve=True)
     policy = build_policy(policy_cfg, features, st).to(args.device).eval()
     critic_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "critic/aloe.yaml"))
     critic = build_critic(critic_cfg, features, st, policy=policy).to(args.device).eval()
