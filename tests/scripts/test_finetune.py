@@ -239,3 +239,5 @@ def test_hg_dagger_learns_only_the_intervener_steps_of_a_chunk(dataset):
     masked = human_steps_only(batch)
     # steps 5, 6 were the intervener's, 7, 8 the policy's again; the demo chunk stays whole
     assert masked["action_is_pad"].tolist() == [[False, False, True, True], [False] * 4]
+    # our policies read the loss mask (padding past an episode's end is learnt as holding)
+    assert masked["action_loss_mask"].tolist() == [[True, True, False, False], [True] * 4]
