@@ -52,6 +52,8 @@ def main() -> None:
     features = {"observation.state": (DS,), "action": (DA,)}
     st = {"observation.state": stats(DS), "action": stats(DA)}
     policy_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "policy/flow.yaml"), resolve=True)
+    # as scripts/train.py env=<task> builds it: one token per object
+    policy_cfg["model"]["state_layout"] = OmegaConf.load(CONFIGS / "env/pick_place.yaml").state_layout
     policy = build_policy(policy_cfg, features, st).to(args.device).eval()
     critic_cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / "critic/aloe.yaml"))
     critic = build_critic(critic_cfg, features, st, policy=policy).to(args.device).eval()
