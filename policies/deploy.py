@@ -127,7 +127,7 @@ def make_agent(cfg: dict, policy, critic=None, system1=None, feasible=None, hold
     """An Agent: Hume's DualSystemAgent with a System 1, else a receding-horizon ChunkAgent whose
     planner is the re-ranker (with a critic) or one timed sample."""
     from critics.rerank import Reranker
-    from vla.agent import ChunkAgent
+    from vla.agent import ChunkAgent, execute_steps_for
 
     seed = int(cfg.get("seed") or 0)
     if system1 is not None:
@@ -140,9 +140,7 @@ def make_agent(cfg: dict, policy, critic=None, system1=None, feasible=None, hold
         except TypeError as e:
             raise ConfigError(f"bad dual options {opts}: {e}") from None
         return DualSystemAgent(policy, critic, system1, dcfg, device=device)
-    config = getattr(policy, "config", None)
-    own = config.get("execute_steps") if isinstance(config, dict) else None
-    execute = execute_steps or own or policy.chunk_len
+    execute = execute_steps_for(policy, execute_steps)
     if critic is None:
         return ChunkAgent(policy, execute, device=device, seed=seed, planner=SamplePlanner(policy, seed))
     planner = Reranker(policy, critic, rerank_config(cfg, seed), feasible)

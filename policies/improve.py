@@ -122,11 +122,10 @@ def _check_same_run(out: Path, fixed: dict) -> None:
 def _agents(policy_path: str | Path, e: dict, device: str):
     """A maker of fresh receding-horizon agents of one policy checkpoint."""
     from policies import load_policy
-    from vla.agent import ChunkAgent
+    from vla.agent import ChunkAgent, execute_steps_for
 
     policy = load_policy(policy_path, device=device)
-    execute = e.get("execute_steps") or (getattr(policy, "config", None) or {}).get("execute_steps") \
-        or policy.chunk_len
+    execute = execute_steps_for(policy, e.get("execute_steps"))
     return lambda: ChunkAgent(policy, execute, device=device)
 
 

@@ -187,11 +187,11 @@ def _agent_factory(cfg: dict, method: str, device: str = "cpu"):
     from critics.rerank import RerankConfig, Reranker
     from policies import load_policy
     from policies.hume import DualSystemAgent, DualSystemConfig
-    from vla.agent import ChunkAgent
+    from vla.agent import ChunkAgent, execute_steps_for
 
     out = Path(cfg["out"])
     policy = load_policy(out / _CHECKPOINT[method], device=device)
-    execute = cfg["eval"].get("execute_steps") or policy.config.get("execute_steps") or policy.chunk_len
+    execute = execute_steps_for(policy, cfg["eval"].get("execute_steps"))
     if method.endswith("rerank"):
         critic = load_critic(out / "critic", device=device)
         rcfg = RerankConfig(**cfg["eval"]["rerank"])

@@ -30,7 +30,7 @@ def evaluate_policy(cfg: dict) -> dict:
     """Run the evaluation that ``cfg`` (configs/evaluate.yaml) describes; returns the metrics."""
     import sim
     from policies import load_policy
-    from vla.agent import ChunkAgent
+    from vla.agent import ChunkAgent, execute_steps_for
     from vla.checkpoint import atomic_write_json
     from vla.rollout import evaluate, run_episode, wilson_interval
     from vla.train import set_threads
@@ -54,7 +54,7 @@ def evaluate_policy(cfg: dict) -> dict:
     cameras = [k for k in probe.observation_space.spaces if k.startswith("observation.images.")]
     probe.close()
     make_planner = _planner_factory(cfg, policy, device)
-    execute = cfg.get("execute_steps") or policy.config.get("execute_steps") or policy.chunk_len
+    execute = execute_steps_for(policy, cfg.get("execute_steps"))
 
     def agent_factory():
         return ChunkAgent(policy, execute, device=device, planner=make_planner() if make_planner else None)

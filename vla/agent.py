@@ -12,6 +12,14 @@ from vla.errors import ConfigError, DataError
 from vla.types import ChunkPolicy
 
 
+def execute_steps_for(policy: ChunkPolicy, override: int | None = None) -> int:
+    """Actions executed per chunk: ``override``, else the policy's own ``execute_steps`` hint (its
+    ``config``), else its whole chunk."""
+    config = getattr(policy, "config", None)
+    own = config.get("execute_steps") if isinstance(config, dict) else None
+    return int(override or own or policy.chunk_len)
+
+
 @runtime_checkable
 class Agent(Protocol):
     def reset(self, seed: int | None = None) -> None: ...
