@@ -25,12 +25,10 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from common import PY, ROOT, emit, run
 
 # Training overrides per task (on top of configs/train.yaml and configs/policy/<head>.yaml).
 FROM_SCRATCH = ["batch_size=64", "train.lr=1e-3", "train.warmup_steps=100"]
@@ -39,17 +37,6 @@ TRAIN = {
     "pick_place": ["steps=6000", *FROM_SCRATCH],
 }
 TARGET = {"reach": 0.8, "pick_place": 0.5}
-
-
-def run(cmd: list[str], log: Path) -> float:
-    """Run ``cmd`` in the repository root, output to ``log``; returns the wall time in seconds."""
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, env=env)
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
 
 
 def step_time(data: str, threads: int, steps: int = 20) -> float:
@@ -135,11 +122,7 @@ def main() -> None:
     results["jobs_side_by_side"] = args.jobs
     with ThreadPoolExecutor(args.jobs) as pool:
         results["runs"] = list(pool.map(lambda job: one(*job), jobs))
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.write:
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(text + "\n")
+    emit(results, args.write)
 
 
 if __name__ == "__main__":

@@ -23,13 +23,10 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from common import PY, emit, run
 
 
 def summarise(run: Path) -> dict:
@@ -81,25 +78,16 @@ def main() -> None:
     work = Path(args.work)
     results: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                                  "load_avg_at_start": list(os.getloadavg())}, "tasks": {}}
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
     for task in args.tasks:
-        run = work / task
-        cmd = [PY, "scripts/demo.py", "experiment=refine_bench", f"task={task}", f"out={run}", *args.overrides]
-        run.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        with open(work / f"{task}.log", "a") as log:
-            proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        if proc.returncode != 0:
-            sys.exit(f"failed ({proc.returncode}): {shlex.join(cmd)}; see {work / f'{task}.log'}")
-        s = summarise(run)
-        results["tasks"][task] = {"command": shlex.join(cmd), "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        out = work / task
+        cmd = [PY, "scripts/demo.py", "experiment=refine_bench", f"task={task}", f"out={out}", *args.overrides]
+        out.mkdir(parents=True, exist_ok=True)
+        seconds = run(cmd, work / f"{task}.log", append=True)  # a rerun resumes the pipeline: keep the log
+        s = summarise(out)
+        results["tasks"][task] = {"command": shlex.join(cmd), "wall_minutes": round(seconds / 60, 1),
                                   **s, "targets": verdict(s)}
         print(json.dumps({task: results["tasks"][task]["methods"]}), file=sys.stderr, flush=True)
-    text = json.dumps(results, indent=1)
-    print(text)
-    if args.write:
-        Path(args.write).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.write).write_text(text + "\n")
+    emit(results, args.write)
 
 
 if __name__ == "__main__":
