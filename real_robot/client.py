@@ -6,7 +6,8 @@ the websocket; the control loop never waits on it. The loop asks for actions by 
 
 * a chunk answers the observation of step ``s`` and covers steps ``s .. s+H-1``;
 * the next chunk is requested ahead of time, ``lead`` steps before the current one
-  has run ``execute_steps`` steps, where ``lead`` grows with the measured round trip;
+  has run ``execute_steps`` steps (ours, else the server's hint, else the whole chunk),
+  where ``lead`` grows with the measured round trip;
 * a newer chunk replaces the older one as soon as it arrives (at its own offset);
 * no chunk covering the current step -> ``None``: the loop's watchdog holds position.
 
@@ -288,7 +289,7 @@ class RemoteChunkSource:
         with self._lock:
             chunk = self._chunk
         h = self.policy["chunk_len"]
-        k = self.execute_steps or h
+        k = self.execute_steps or self.policy.get("execute_steps") or h  # ours, else the server's hint
         due = chunk is None or step - chunk.step >= max(0, k - self.lead_steps())
         if due and not self._pending.is_set():
             self._next_id += 1

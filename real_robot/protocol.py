@@ -13,7 +13,7 @@ Every message is one binary websocket frame holding a msgpack map with
 ``{"__nd__": 1, "dtype": "float32", "shape": [...], "data": <bytes>}``.
 
     client -> server   hello  {token, robot: {state_dim, action_dim, cameras: {key: [H, W, 3]}, robot_type, fps}}
-    server -> client   welcome {policy: {chunk_len, action_dim, state_dim, cameras, name}}
+    server -> client   welcome {policy: {chunk_len, action_dim, state_dim, cameras, name, execute_steps?}}
     client -> server   obs    {id, step, obs: {observation.state, observation.images.<cam>, task}, last_action?}
     server -> client   chunk  {id, step, actions (H, Da) float32, infer_ms}
     client -> server   reset  {}            (a new episode starts)
@@ -199,12 +199,17 @@ def parse_policy_spec(spec) -> dict:
     cams = spec.get("cameras")
     if cams is not None and not (isinstance(cams, list) and all(isinstance(c, str) for c in cams)):
         raise ProtocolError("welcome: cameras must be a list of keys")
+    chunk_len = _int(spec, "chunk_len", 1, MAX_CHUNK_LEN)
+    execute_steps = spec.get("execute_steps")
+    if execute_steps is not None:
+        execute_steps = _int(spec, "execute_steps", 1, chunk_len)
     return {
-        "chunk_len": _int(spec, "chunk_len", 1, MAX_CHUNK_LEN),
+        "chunk_len": chunk_len,
         "action_dim": _int(spec, "action_dim", 1, MAX_DIM),
         "state_dim": state_dim,
         "cameras": cams,
         "name": str(spec.get("name", "policy"))[:64],
+        "execute_steps": execute_steps,
     }
 
 

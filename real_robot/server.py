@@ -70,6 +70,7 @@ def source_spec(source: ChunkSource) -> dict:
         "state_dim": getattr(source, "state_dim", None),
         "cameras": None if cams is None else list(cams),
         "name": str(getattr(source, "name", type(source).__name__)),
+        "execute_steps": getattr(source, "execute_steps", None),  # the policy's own receding horizon, if any
     }
 
 

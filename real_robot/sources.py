@@ -41,6 +41,7 @@ class PlannerSource:
         self.seed = seed
         # sizes the policy was trained with, checked against the robot at hello
         self.state_dim, self.cameras = _policy_sizes(agent.policy, state_dim, cameras)
+        self.execute_steps = int(agent.execute_steps)  # advertised to clients that do not set their own
 
     def reset(self) -> None:
         self.agent.reset(self.seed)
@@ -58,6 +59,9 @@ class RerankerSource:
         self.chunk_len = int(reranker.policy.chunk_len)
         self.action_dim = int(reranker.policy.action_dim)
         self.state_dim, self.cameras = _policy_sizes(reranker.policy, state_dim, cameras)
+        from vla.agent import execute_steps_for
+
+        self.execute_steps = execute_steps_for(reranker.policy)  # advertised to clients that do not set their own
 
     def reset(self) -> None:
         if self.seed is not None:
@@ -77,9 +81,9 @@ class RerankerSource:
 def from_policy(policy, device: str = "cpu", chunk_fn=None, name: str = "policy", seed: int | None = None,
                 **kwargs) -> PlannerSource:
     """Host a ChunkPolicy; ``chunk_fn(batch) -> (B, H, Da)`` replaces plain sampling."""
-    from vla.agent import ChunkAgent
+    from vla.agent import ChunkAgent, execute_steps_for
 
-    agent = ChunkAgent(policy, device=device, chunk_fn=chunk_fn, seed=seed)
+    agent = ChunkAgent(policy, execute_steps_for(policy), device=device, chunk_fn=chunk_fn, seed=seed)
     return PlannerSource(agent, name=name, seed=seed, **kwargs)
 
 

@@ -76,12 +76,14 @@ def as_agent(obj, cfg: dict, env):
     from vla.types import ChunkPolicy
 
     if isinstance(obj, ChunkPolicy):
-        from vla.agent import ChunkAgent
+        from vla.agent import ChunkAgent, execute_steps_for
 
         if int(obj.action_dim) != action_dim(env):
             raise ShapeError(f"action: the policy makes ({obj.action_dim},), the env takes ({action_dim(env)},)")
 
-        return ChunkAgent(obj, execute_steps=cfg.get("execute_steps"), device=cfg.get("device") or "cpu",
+        # the same receding horizon as evaluation and deployment: rollouts must show the behaviour
+        # that gets deployed, or the corrections recorded in them fix the wrong mistakes
+        return ChunkAgent(obj, execute_steps=execute_steps_for(obj, cfg.get("execute_steps")), device=cfg.get("device") or "cpu",
                           seed=cfg.get("seed"))
     if not (callable(getattr(obj, "act", None)) and callable(getattr(obj, "reset", None))):
         raise ConfigError(f"source=policy: {type(obj).__name__} is neither an Agent (reset, act) nor a ChunkPolicy")

@@ -49,6 +49,25 @@ def test_chunks_are_executed_and_requested_ahead(fakes):
     np.testing.assert_allclose(arm.sent[-1], 0.5, atol=1e-5)  # the ramp arrived at its target
 
 
+def test_client_follows_the_servers_receding_horizon_unless_told_otherwise(fakes):
+    arm = fakes.FakeArm(dim=DIM)
+    calls = {}
+    for own in (None, 10):
+        source = fakes.RampSource(dim=DIM, chunk_len=10, target=0.5, rate=0.01)
+        source.execute_steps = 2  # the hosted policy's own setting, advertised at hello
+        with PolicyServer(source, port=0) as srv:
+            client = make_client(srv.url, arm, execute_steps=own)
+            loop = ControlLoop(arm, client, make_safety(), fps=arm.fps, clock=SystemClock())
+            try:
+                loop.run_episode(max_steps=40)
+            finally:
+                client.close()
+        assert client.policy["execute_steps"] == 2
+        calls[own] = source.calls
+    assert calls[None] >= 15, calls  # re-planned about every 2 steps
+    assert calls[10] <= 10, calls  # the client's own setting wins
+
+
 def test_stalled_server_makes_the_arm_hold_within_two_periods(fakes):
     arm = fakes.FakeArm(dim=DIM)
     source = fakes.StallingSource(serve=1, dim=DIM, chunk_len=8, rate=0.01)

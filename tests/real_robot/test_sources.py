@@ -50,7 +50,8 @@ def test_reranker_gets_the_last_executed_goal():
     with PolicyServer(source, port=0) as srv, connect(srv.url, proxy=None, compression=None) as c:
         c.send(encode("hello", robot=ROBOT))
         welcome = decode(c.recv(timeout=5))
-        assert welcome["policy"] == {"chunk_len": 4, "action_dim": 2, "state_dim": 3, "cameras": None, "name": "vgps"}
+        assert welcome["policy"] == {"chunk_len": 4, "action_dim": 2, "state_dim": 3, "cameras": None, "name": "vgps",
+                                     "execute_steps": 4}
         np.testing.assert_allclose(ask(c, 0), 0.9)  # no last goal yet: the critic's favourite
         np.testing.assert_allclose(ask(c, 1, last_action=[0.3, 0.3]), 0.5)  # the closest feasible to it
         c.send(encode("obs", id=9, step=2, obs={"observation.state": np.zeros(3, np.float32), "task": "t"},

@@ -111,6 +111,32 @@ def test_policy_interface_object_runs_with_a_receding_horizon(tmp_path):
                 agent_factory=lambda env: WanderPolicy())
 
 
+class HintedWander(WanderPolicy):
+    """Carries its own receding horizon (as a trained VLAPolicy does in ``config``) and counts plans."""
+
+    config = {"execute_steps": 2}
+
+    def __init__(self):
+        self.plans = 0
+
+    def encode(self, obs):
+        self.plans += 1
+        return super().encode(obs)
+
+
+def test_rollouts_use_the_policys_own_receding_horizon(tmp_path):
+    # rollouts must behave as the policy is evaluated and deployed (re-plan every 2 steps here),
+    # not run whole chunks open loop; an explicit execute_steps still wins
+    cfg = {"env": {"name": "push"}, "source": "policy", "episodes": 1, "out": str(tmp_path / "h"),
+           "intervener": "none", "progress": False, "policy_path": "/ckpt/wander"}
+    for override, per_plan in ((None, 2), (5, 5)):
+        policy = HintedWander()
+        collect({**cfg, "execute_steps": override, "out": str(tmp_path / f"h{override}")},
+                agent_factory=lambda env, p=policy: p)
+        steps = len(open_lerobot(tmp_path / f"h{override}"))
+        assert policy.plans == -(-steps // per_plan), (override, steps, policy.plans)
+
+
 LINE_BENCH = """
 import gymnasium as gym
 import numpy as np
