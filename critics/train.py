@@ -5,7 +5,8 @@
     policy_path  -> the current policy: bootstraps the TD target (frozen), seeds the
                     critic's encoder copy (``encoder.type=vla``), or is the VLA a vqh head reads
     vla.train.Trainer (AdamW, schedule, atomic checkpoints, resume) with a Polyak target
-    update after every step, then diagnostics of the saved critic on the held-out episodes.
+    update after every step, then diagnostics of the saved critic on the held-out episodes,
+    and on ``eval_data`` (datasets never trained on, e.g. fresh rollouts) when given.
 """
 
 from __future__ import annotations
@@ -41,8 +42,6 @@ def split_episodes(episode_ids, holdout: float, seed: int) -> tuple[list, list]:
 
 def train_critic(cfg: Mapping) -> Path:
     """Train the critic ``cfg["critic"]`` on ``cfg["data"]``; returns the run's out folder."""
-    from vla.data import ChunkDataset
-
     for key in ("critic", "data", "out"):
         if cfg.get(key) in (None, "", "???"):
             raise ConfigError(f"missing config value '{key}' (e.g. {key}=...)")
@@ -66,12 +65,12 @@ def train_critic(cfg: Mapping) -> Path:
     elif ccfg.type != "iql":
         raise ConfigError(f"critic={ccfg.type} bootstraps with the current policy: give policy_path=<ckpt>")
 
-    dataset = ChunkDataset(data, chunk_len=ccfg.chunk_len, gamma=ccfg.gamma, reward_mode=ccfg.reward_mode,
-                           obs_keys=cfg.get("obs_keys"), cache_images=bool(cfg.get("cache_images", True)))
-    f = dataset.frames
-    # The return that matches the critic's backup (failed episodes bootstrap at their time-out).
-    f["mc_return"] = calibration_returns(f["reward_used"], f["global_episode"], f["episode_success"],
-                                         ccfg.gamma, ccfg.timeout_bootstrap)
+    eval_data = cfg.get("eval_data") or []
+    eval_data = [eval_data] if isinstance(eval_data, str) else list(eval_data)
+    overlap = sorted({str(Path(d).resolve()) for d in data} & {str(Path(d).resolve()) for d in eval_data})
+    if overlap:
+        raise ConfigError(f"eval_data must hold episodes the critic never trains on; also in data: {overlap}")
+    dataset = _dataset(data, ccfg, cfg)
     train_ids, held_ids = split_episodes(dataset.episode_ids(), float(cfg.get("holdout", 0.2)), seed)
     log.info("data: %d frames, %d episodes (%d held out) from %s", len(dataset), dataset.num_episodes,
              len(held_ids), data)
@@ -91,16 +90,38 @@ def train_critic(cfg: Mapping) -> Path:
     )
     trainer.fit()
 
-    if held_ids and trainer.accelerator.is_main_process:
+    if (held_ids or eval_data) and trainer.accelerator.is_main_process:
         device = trainer.accelerator.device
         saved = load_critic(cfg["out"], device=device)  # what users get: the saved weights
         diag = cfg.get("diagnostics") or {}
-        result = write_diagnostics(
-            saved, Subset(dataset, dataset.subset_episodes(held_ids)), cfg["out"],
-            policy=None if ccfg.type == "vqh" else policy, device=device,
-            batch_size=int(diag.get("batch_size", 256)), value_samples=int(diag.get("value_samples", 8)),
-            extra={"held_out_episodes": len(held_ids), "train_episodes": len(train_ids),
-                   "data": data, "policy_path": cfg.get("policy_path"), "steps": train_cfg.steps},
-        )
-        log.info("held-out: spearman %s, auroc %s", result.get("spearman_q"), result.get("auroc_q"))
+        extra = {"train_episodes": len(train_ids), "data": data, "policy_path": cfg.get("policy_path"),
+                 "steps": train_cfg.steps}
+        checks = []
+        if held_ids:
+            checks.append((Subset(dataset, dataset.subset_episodes(held_ids)), Path(cfg["out"]),
+                           {"held_out_episodes": len(held_ids)}, "held-out"))
+        if eval_data:
+            fresh = _dataset(eval_data, ccfg, cfg)
+            checks.append((fresh, Path(cfg["out"]) / "eval_data",
+                           {"eval_data": eval_data, "eval_episodes": fresh.num_episodes}, "eval_data"))
+        for subset, where, more, name in checks:
+            result = write_diagnostics(
+                saved, subset, where, policy=None if ccfg.type == "vqh" else policy, device=device,
+                batch_size=int(diag.get("batch_size", 256)), value_samples=int(diag.get("value_samples", 8)),
+                extra={**more, **extra})
+            log.info("%s: spearman %s, auroc %s (%s)", name, result.get("spearman_q"), result.get("auroc_q"),
+                     where / "diagnostics.json")
     return Path(cfg["out"])
+
+
+def _dataset(paths: list, ccfg, cfg: Mapping):
+    """Chunks with the critic's chunk length, discount and reward, and the return its backup matches."""
+    from vla.data import ChunkDataset
+
+    dataset = ChunkDataset(paths, chunk_len=ccfg.chunk_len, gamma=ccfg.gamma, reward_mode=ccfg.reward_mode,
+                           obs_keys=cfg.get("obs_keys"), cache_images=bool(cfg.get("cache_images", True)))
+    f = dataset.frames
+    # The return that matches the critic's backup (failed episodes bootstrap at their time-out).
+    f["mc_return"] = calibration_returns(f["reward_used"], f["global_episode"], f["episode_success"],
+                                         ccfg.gamma, ccfg.timeout_bootstrap)
+    return dataset

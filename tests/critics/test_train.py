@@ -113,3 +113,23 @@ def test_policy_is_required_where_the_backup_needs_it(data, tmp_path):
            "out": str(tmp_path / "run")}
     with pytest.raises(ConfigError, match="exceeds the policy's chunk"):
         train_critic(cfg)
+
+
+def test_eval_data_gives_diagnostics_on_episodes_never_trained_on(data, tmp_path):
+    mdp, rng = Chain(gamma=0.9), np.random.default_rng(1)
+    fresh = write_chain_dataset(data["tmp"] / "fresh", mdp, 5, 0.2, "policy:tiny", 6, rng, intervene=True)
+    cfg = {"critic": {**SMALL, "type": "aloe"}, "data": data["data"], "policy_path": data["policy"],
+           "out": str(tmp_path / "run"), "steps": 3, "batch_size": 16, "holdout": 0.4, "train": TRAIN}
+    with pytest.raises(ConfigError, match="never trains on"):
+        train_critic({**cfg, "eval_data": [data["data"][1]]})
+    out = train_critic(cfg)
+    assert not (out / "eval_data").exists()
+    # added to the finished run: no more training, the same weights judged on fresh episodes
+    out = train_critic({**cfg, "resume": True, "eval_data": [str(fresh)]})
+    assert list_checkpoints(out) == [3]
+    diag = json.loads((out / "eval_data" / "diagnostics.json").read_text())
+    assert diag["eval_episodes"] == 5 and diag["eval_data"] == [str(fresh)]
+    assert 1 <= diag["by_source"]["policy"]["episodes"] <= 5
+    assert 0.0 <= diag["auroc_q"] <= 1.0
+    assert (out / "eval_data" / "q_vs_return.png").exists()
+    assert json.loads((out / "diagnostics.json").read_text())["held_out_episodes"] == 3
