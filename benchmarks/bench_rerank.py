@@ -33,11 +33,15 @@ def stats(d):
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(3):  # warm-up (CUDA start, allocator, library handles)
+        fn()
     times = []
     for _ in range(repeats):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()  # a decision ends when its chunk exists, not when its kernels are queued
         times.append(time.perf_counter() - t0)
     return 1000 * float(np.median(times))
 
