@@ -11,6 +11,11 @@ type. A stage writes ``DONE.json`` when its output is complete and is skipped af
 an interrupted stage resumes (collection appends the missing episodes, training resumes from
 its last checkpoint), so a killed demo picks up where it stopped.
 
+Stages that do not depend on each other run side by side, ``workers`` at a time (forked
+processes, one torch thread each): the critic with the refinements and System 1 (an AWM that
+reads the critic's advantages waits for it, alongside the first evaluations), then the
+evaluations; on a 2-core machine this nearly halves the time.
+
 Run layout: ``<out>/data/{demos,rollouts}``, ``<out>/{base,critic,awm,apo,hg_dagger,system1}``,
 ``<out>/eval/<method>/metrics.json``, ``<out>/report.md``.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 
 from vla.checkpoint import atomic_write_json
-from vla.errors import ConfigError
+from vla.errors import ConfigError, VLAError
 
 log = logging.getLogger("vla.pipeline")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -74,6 +81,31 @@ class Run:
         atomic_write_json(done, result)
         log.info("stage %-12s finished in %.0f s", name, result["seconds"])
         return result
+
+    def stages(self, todo: list[tuple[str, Callable[[Path], dict | None]]], workers: int = 1) -> dict[str, dict]:
+        """Independent stages, up to ``workers`` at once in forked processes (1: here, in order).
+
+        A stage that fails stops no other; once all have ended the failure is raised, and
+        running the demo again resumes it (the finished ones are skipped)."""
+        pending = [(n, fn) for n, fn in todo if not (self.out / n / "DONE.json").exists()]
+        if workers > 1 and len(pending) > 1:
+            ctx = multiprocessing.get_context("fork")
+            queue, running, failed = list(pending), {}, []
+            while queue or running:
+                while queue and len(running) < workers:
+                    name, fn = queue.pop(0)
+                    proc = ctx.Process(target=self.stage, args=(name, fn), name=f"stage {name}", daemon=False)
+                    proc.start()
+                    running[proc.sentinel] = (name, proc)
+                for sentinel in multiprocessing.connection.wait(list(running)):
+                    name, proc = running.pop(sentinel)
+                    proc.join()
+                    if proc.exitcode != 0:
+                        failed.append(name)
+            if failed:
+                raise VLAError(f"stage(s) {', '.join(failed)} failed (see the log above); "
+                               "run the same command again to resume")
+        return {name: self.stage(name, fn) for name, fn in todo}
 
 
 def _collect(cfg: dict, out: Path, source: str, extra: list[str]) -> dict:
@@ -155,27 +187,41 @@ def run_pipeline(cfg: dict) -> Path:
         diag = p / "diagnostics.json"
         return json.loads(diag.read_text()) if diag.exists() else {}
 
-    stages["critic"] = run.stage("critic", train_critic)
     critic = str(run.out / "critic")
+
+    f = cfg["refine"]
+    refine_methods = list(f["methods"])
+    # AWM reads the critic unless its advantages are Monte-Carlo returns; then it needs no critic
+    awm_critic = "awm" in refine_methods and compose_stage("finetune", [
+        "algo=awm", "policy_path=-", "data=[-]", "out=-", *f["overrides"], *f.get("awm", [])])["algo"]["advantage"] != "mc"
 
     def refine(algo: str) -> Callable[[Path], dict]:
         def fn(p: Path) -> dict:
             from policies.finetune import finetune
 
-            f = cfg["refine"]
             finetune(compose_stage("finetune", [
                 f"algo={algo}", f"policy_path={base}", f"data={both}", f"out={p}", "resume=true",
-                *([f"critic_path={critic}"] if algo == "awm" else []), *f["overrides"], *f.get(algo, [])]))
+                *([f"critic_path={critic}"] if algo == "awm" and awm_critic else []), *f["overrides"],
+                *f.get(algo, [])]))
             return {"checkpoint": str(p)}
         return fn
 
-    for algo in cfg["refine"]["methods"]:
-        stages[algo] = run.stage(algo, refine(algo))
-    stages["system1"] = run.stage("system1", lambda p: _train(
-        [f"policy={cfg['base']['policy']}", f"env={task}", f"data=[{demos}]", *cfg["system1"]["overrides"]], p))
+    def evaluate(method: str) -> tuple[str, Callable[[Path], dict]]:
+        return f"eval/{method}", lambda p: evaluate_method(cfg, method, p)
 
-    for method in cfg["eval"]["methods"]:
-        stages[f"eval/{method}"] = run.stage(f"eval/{method}", lambda p, m=method: evaluate_method(cfg, m, p))
+    workers = int(cfg.get("workers") or 1)
+    after_critic = ["awm"] if awm_critic else []
+    system1 = ("system1", lambda p: _train(
+        [f"policy={cfg['base']['policy']}", f"env={task}", f"data=[{demos}]", *cfg["system1"]["overrides"]], p))
+    stages.update(run.stages([("critic", train_critic), *[(m, refine(m)) for m in refine_methods
+                                                           if m not in after_critic], system1], workers))
+    evals = list(cfg["eval"]["methods"])
+    needs_late = [m for m in evals if _CHECKPOINT[m] in after_critic]
+    stages.update(run.stages([*[(m, refine(m)) for m in after_critic],
+                              *[evaluate(m) for m in evals if m not in needs_late]], workers))
+    stages.update(run.stages([evaluate(m) for m in needs_late], workers))
+    stages = {k: stages[k] for k in ["demos", "base", "rollouts", "critic", *refine_methods, "system1",
+                                      *[f"eval/{m}" for m in evals]]}  # the report's order
 
     report = write_report(run.out, cfg, stages)
     return report
