@@ -5,8 +5,10 @@ Labels, per frame, from what the data layer records (``vla.data.ChunkDataset``):
 - desirable "correct": autonomous steps of successful episodes, and demonstrations;
 - undesirable: the policy's own K steps just before a takeover (``label.pre_takeover``);
 - the rest (autonomous steps of failed episodes outside those windows) is unlabelled
-  and left out (``failed_autonomous_desirable=true`` counts them as desirable, as the
-  paper's relabelling does).
+  and left out. ``autonomous`` says which autonomous steps count as "correct":
+  ``successful`` (the default, above), ``all`` (failed episodes' too, as the paper's
+  relabelling does) or ``none`` (only demonstrations: the policy's own actions are never
+  imitated, only pushed away from before a takeover).
 
 Loss, per labelled sample, with the implicit reward r = l_theta(a|s) - l_ref(a|s) at
 shared (t, eps) draws (l = -loss x H x Da, see ``policies.implicit``):
@@ -42,6 +44,7 @@ from policies.implicit import (
     follow_device,
     frozen_copy,
     logp_scale,
+    one_actor_chunks,
     per_sample_loss,
     shift_actions,
     unwrap,
@@ -55,6 +58,7 @@ UNLABELLED, CORRECT, HUMAN, UNDESIRABLE = -1, 0, 1, 2
 GROUP_NAMES = ("correct", "human", "undesirable")
 ERROR_MODES = ("sample", "loss")
 NORMS = ("mean", "sum")
+AUTONOMOUS = ("successful", "all", "none")
 
 
 @dataclass
@@ -68,8 +72,9 @@ class APOConfig:
     adaptive_error: str = "sample"  # "sample": L1 of the greedy chunk; "loss": the denoising loss
     adaptive_norm: str = "mean"  # within-group normalisation: "mean" (w averages 1) | "sum" (released)
     n_draws: int = 1  # (t, eps) draws per sample, averaged
-    bc_weight: float = 0.0  # optional plain denoising loss on the desirable samples
-    failed_autonomous_desirable: bool = False  # label autonomous steps of failed episodes desirable
+    bc_weight: float = 1.0  # plain denoising loss on the desirable samples (0: KTO alone)
+    one_actor: bool = True  # cut recorded chunks where the actor changes (policy <-> intervener)
+    autonomous: str = "successful"  # autonomous steps labelled desirable: "successful" episodes' | "all" | "none"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> APOConfig:
@@ -90,12 +95,14 @@ class APOConfig:
             raise ConfigError(f"algo.adaptive_error={self.adaptive_error!r}: expected one of {ERROR_MODES}")
         if self.adaptive_norm not in NORMS:
             raise ConfigError(f"algo.adaptive_norm={self.adaptive_norm!r}: expected one of {NORMS}")
+        if self.autonomous not in AUTONOMOUS:
+            raise ConfigError(f"algo.autonomous={self.autonomous!r}: expected one of {AUTONOMOUS}")
         if self.beta <= 0 or self.n_draws < 1:
             raise ConfigError(f"algo: beta must be > 0 and n_draws >= 1 (got {self.beta}, {self.n_draws})")
 
 
 # -- labels ------------------------------------------------------------------------------
-def desirability_groups(human, pre_takeover, success, is_demo, failed_autonomous_desirable: bool = False):
+def desirability_groups(human, pre_takeover, success, is_demo, autonomous: str = "successful"):
     """Group code per frame: CORRECT, HUMAN, UNDESIRABLE or UNLABELLED.
 
     Takes boolean numpy arrays or torch tensors of one shape (the ops are the same).
@@ -103,13 +110,17 @@ def desirability_groups(human, pre_takeover, success, is_demo, failed_autonomous
     undesirable = pre_takeover
     human_ok = human & ~pre_takeover
     auto_ok = ~human & ~pre_takeover
-    if not failed_autonomous_desirable:
+    if autonomous == "successful":
         auto_ok = auto_ok & (success | is_demo)
+    elif autonomous == "none":
+        auto_ok = auto_ok & is_demo
+    elif autonomous != "all":
+        raise ConfigError(f"autonomous={autonomous!r}: expected one of {AUTONOMOUS}")
     unlabelled = ~(undesirable | human_ok | auto_ok)
     return CORRECT * auto_ok + HUMAN * human_ok + UNDESIRABLE * undesirable + UNLABELLED * unlabelled
 
 
-def batch_groups(batch: Batch, failed_autonomous_desirable: bool = False) -> Tensor:
+def batch_groups(batch: Batch, autonomous: str = "successful") -> Tensor:
     """(B,) long group codes of a training batch."""
     for key in ("label.human", "label.pre_takeover", "episode_success", "source"):
         if key not in batch:
@@ -118,16 +129,16 @@ def batch_groups(batch: Batch, failed_autonomous_desirable: bool = False) -> Ten
     is_demo = torch.tensor([s == SOURCE_DEMO for s in batch["source"]], device=human.device)
     return desirability_groups(
         human, batch["label.pre_takeover"].bool(), batch["episode_success"].bool(), is_demo,
-        failed_autonomous_desirable,
+        autonomous,
     ).long()
 
 
-def dataset_groups(frames: dict, failed_autonomous_desirable: bool = False) -> np.ndarray:
+def dataset_groups(frames: dict, autonomous: str = "successful") -> np.ndarray:
     """(N,) group codes of every frame of a ChunkDataset (its ``frames`` columns)."""
     is_demo = np.asarray([s == SOURCE_DEMO for s in frames["source"]], dtype=bool)
     return np.asarray(desirability_groups(
         np.asarray(frames["label.human"], bool), np.asarray(frames["label.pre_takeover"], bool),
-        np.asarray(frames["episode_success"], bool), is_demo, failed_autonomous_desirable,
+        np.asarray(frames["episode_success"], bool), is_demo, autonomous,
     ), dtype=np.int64)
 
 
@@ -179,7 +190,9 @@ class APOLoss:
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict]:
         policy, cfg = unwrap(model), self.cfg
         follow_device(self.reference, policy)
-        groups = batch_groups(batch, cfg.failed_autonomous_desirable)
+        if cfg.one_actor:
+            batch = one_actor_chunks(batch)
+        groups = batch_groups(batch, cfg.autonomous)
         labelled = groups != UNLABELLED
         if not labelled.any():
             raise DataError("APO: a batch without labelled samples (use the stratified sampler)")

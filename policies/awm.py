@@ -17,6 +17,11 @@ task, clipped to [-clip, clip] and rescaled into [-1, 1]. Weights:
 - ``signed``: w = A, sign included (on-policy data, as in the paper);
 - ``exp``: w = min(exp(A / tau), w_max), advantage-weighted regression's weight, safe on
   off-policy data (a negative weight pushes likelihood away without bound).
+With ``one_actor`` (the default) a recorded chunk counts only up to the step where its actor
+changes (policy to intervener or back; ``policies.implicit.one_actor_chunks``). With
+``interventions`` the labels of intervention data override the normalised advantage:
+``positive`` gives the human's steps +1 (RECAP forces interventions positive), ``labels``
+also gives the policy's own steps just before a takeover -1 (APO's undesirable set).
 
 Regularisers, both on the implicit log-ratio r = l_theta - l_ref at shared draws
 (l = -loss x H x Da, a Gaussian log-likelihood up to a constant):
@@ -43,6 +48,7 @@ from policies.implicit import (
     follow_device,
     frozen_copy,
     logp_scale,
+    one_actor_chunks,
     per_sample_loss,
     unwrap,
 )
@@ -50,6 +56,7 @@ from vla.errors import ConfigError, DataError
 from vla.types import Batch
 
 WEIGHTINGS = ("signed", "exp")
+INTERVENTION_MODES = ("none", "positive", "labels")
 GROUPINGS = ("batch", "task")
 ADVANTAGE_SOURCES = ("auto", "critic", "mc")
 
@@ -57,16 +64,19 @@ ADVANTAGE_SOURCES = ("auto", "critic", "mc")
 @dataclass
 class AWMConfig:
     weighting: str = "exp"  # "exp" (off-policy safe) | "signed" (on-policy, as in the paper)
-    tau: float = 0.5  # temperature of the exp weight, on advantages in [-1, 1]
+    tau: float = 0.1  # temperature of the exp weight, on advantages in [-1, 1]
     w_max: float = 10.0  # cap of the exp weight
     clip: float = 5.0  # normalised advantages clipped to [-clip, clip], then divided by clip
     group_by: str = "batch"  # normalise over the "batch" or per "task"
-    beta_ref: float = 1e-3  # pull towards the frozen reference
+    beta_ref: float = 0.0  # pull towards the frozen reference (on log-likelihood-scaled ratios; see the yaml)
     n_draws: int = 1  # (t, eps) draws per sample, averaged
     advantage: str = "auto"  # "critic" | "mc" | "auto" (the critic when one is given)
     value_samples: int = 4  # chunks a_j ~ reference for V(s) = mean_j Q(s, a_j)
     trust_beta: float = 0.0  # pull towards a trailing EMA copy (0: off)
     trust_decay: float = 0.99  # EMA decay of that copy, per step
+    one_actor: bool = True  # cut recorded chunks where the actor changes (policy <-> intervener)
+    interventions: str = "labels"  # "positive": human steps get the top advantage (RECAP) | "labels": also the
+    #                              policy's steps before a takeover the bottom one | "none"
 
     @classmethod
     def from_dict(cls, d: dict | None) -> AWMConfig:
@@ -84,6 +94,7 @@ class AWMConfig:
             ("weighting", self.weighting, WEIGHTINGS),
             ("group_by", self.group_by, GROUPINGS),
             ("advantage", self.advantage, ADVANTAGE_SOURCES),
+            ("interventions", self.interventions, INTERVENTION_MODES),
         ):
             if value not in allowed:
                 raise ConfigError(f"algo.{name}={value!r}: expected one of {allowed}")
@@ -110,6 +121,24 @@ def normalize_advantages(raw: Tensor, groups: list | None = None, clip: float = 
         r = raw[idx]
         out[idx] = (r - r.mean()) / (r.std(unbiased=False) + eps)
     return out.clamp(-clip, clip) / clip
+
+
+def intervention_advantages(adv: Tensor, batch: Batch, mode: str = "positive") -> Tensor:
+    """Normalised advantages (B,) with the intervention labels imposed: the human's steps get the
+    top of the range (+1), as RECAP forces interventions positive; with ``mode="labels"`` the
+    policy's own steps just before a takeover (APO's undesirable set) also get the bottom (-1)."""
+    if mode == "none":
+        return adv
+    if mode not in INTERVENTION_MODES:
+        raise ConfigError(f"algo.interventions={mode!r}: expected one of {INTERVENTION_MODES}")
+    if "label.human" not in batch or (mode == "labels" and "label.pre_takeover" not in batch):
+        raise DataError(f"algo.interventions={mode} needs the intervention labels in the batch "
+                        "(use vla.data.ChunkDataset)")
+    adv = adv.masked_fill(batch["label.human"].to(adv.device).bool().reshape(-1), 1.0)
+    if mode == "labels":
+        pre = batch["label.pre_takeover"].to(adv.device).bool().reshape(-1)
+        adv = adv.masked_fill(pre, -1.0)
+    return adv
 
 
 def advantage_weights(adv: Tensor, weighting: str = "exp", tau: float = 0.5, w_max: float = 10.0) -> Tensor:
@@ -162,9 +191,12 @@ class AWMLoss:
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict]:
         policy, cfg = unwrap(model), self.cfg
         follow_device(self.reference, policy)
+        if cfg.one_actor:
+            batch = one_actor_chunks(batch)
         B = batch["action"].shape[0]
         raw = self.advantages(batch).detach().float()
         adv = normalize_advantages(raw, batch["task"] if cfg.group_by == "task" else None, cfg.clip)
+        adv = intervention_advantages(adv, batch, cfg.interventions)
         w = advantage_weights(adv, cfg.weighting, cfg.tau, cfg.w_max)
 
         noise, t = draw_noise_and_time(policy, B, cfg.n_draws, batch["action"].device)  # shared draws

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from policies.implicit import unwrap
+from policies.implicit import one_actor_chunks, unwrap
 from vla.errors import ConfigError, DataError
 from vla.types import SOURCE_DEMO, Batch
 
@@ -59,15 +59,19 @@ def human_steps_only(batch: Batch) -> Batch:
 
 
 class BCLoss:
-    """``loss_fn(model, batch) -> (loss, logs)``: the head's mean loss (HG-DAgger: human steps only)."""
+    """``loss_fn(model, batch) -> (loss, logs)``: the head's mean loss (HG-DAgger: human steps only;
+    BC and filtered BC: with ``one_actor``, each chunk only up to the step where its actor changes,
+    as AWM and APO do by default)."""
 
-    def __init__(self, algo: str = "bc"):
+    def __init__(self, algo: str = "bc", one_actor: bool = True):
         if algo not in BASELINES:
             raise ConfigError(f"algo={algo!r}: expected one of {BASELINES}")
-        self.algo = algo
+        self.algo, self.one_actor = algo, bool(one_actor)
 
     def __call__(self, model: nn.Module, batch: Batch) -> tuple[Tensor, dict]:
         if self.algo == "hg_dagger":
             batch = human_steps_only(batch)
+        elif self.one_actor:
+            batch = one_actor_chunks(batch)
         loss = unwrap(model).loss(batch)
         return loss, {f"{self.algo}/loss": loss.detach()}

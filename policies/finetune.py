@@ -92,7 +92,7 @@ def build_objective(name: str, algo_cfg: dict, policy, dataset, batch_size: int,
         return out
     if name == "apo":
         apo_cfg = APOConfig.from_dict(algo_cfg)
-        groups = dataset_groups(dataset.frames, apo_cfg.failed_autonomous_desirable)
+        groups = dataset_groups(dataset.frames, apo_cfg.autonomous)
         counts = {g: int((groups == i).sum()) for i, g in enumerate(GROUP_NAMES)}
         log.info("APO frames per group: %s, unlabelled %d", counts, int((groups < 0).sum()))
         if not any(counts.values()):
@@ -103,7 +103,11 @@ def build_objective(name: str, algo_cfg: dict, policy, dataset, batch_size: int,
         return {"loss_fn": apo, "dataset": dataset, "sampler": sampler, "frozen": [apo.reference]}
     idx = select_frames(name, dataset.frames)
     log.info("%s: %d of %d frames", name, len(idx), len(dataset))
-    return {"loss_fn": BCLoss(name), "dataset": Subset(dataset, idx.tolist()), "frozen": []}
+    unknown = sorted(set(algo_cfg) - {"name", "one_actor"})
+    if unknown:
+        raise ConfigError(f"algo={name}: unknown option(s) {unknown}; known: ['one_actor']")
+    loss_fn = BCLoss(name, algo_cfg.get("one_actor", True))
+    return {"loss_fn": loss_fn, "dataset": Subset(dataset, idx.tolist()), "frozen": []}
 
 
 def finetune(cfg: Mapping) -> Path:

@@ -83,10 +83,29 @@ def shift_actions(batch: Batch, shift: int = 1) -> Batch:
     KTO/APO use to estimate the reference point.
     """
     out = dict(batch)
-    for key in ("action", "action_is_pad"):
+    for key in ("action", "action_is_pad", "action_loss_mask"):
         if key in batch:
             out[key] = torch.roll(batch[key], shifts=-shift, dims=0)
     return out
+
+
+def one_actor_chunks(batch: Batch) -> Batch:
+    """The batch with each recorded chunk cut where its actor changes: a chunk that starts with
+    the policy's steps and runs into a takeover, or the intervener's chunk that runs past the
+    hand-back, is nobody's action as a whole. The steps from the first change on leave the loss
+    (``action_loss_mask``, and marked as padding for LeRobot policies), as HG-DAgger does with
+    the human's chunks. Batches without the per-step ``intervention`` column are returned as they are.
+    """
+    iv = batch.get("intervention")
+    if iv is None or iv.dim() != 2:
+        return batch
+    iv = iv.bool()
+    switched = (iv != iv[:, :1]).cumsum(1) > 0  # (B, H): from the first change of actor on
+    pad = batch.get("action_is_pad")
+    pad = torch.zeros_like(switched) if pad is None else pad.bool().to(switched.device)
+    keep = batch.get("action_loss_mask")
+    keep = ~switched if keep is None else keep.bool().to(switched.device) & ~switched
+    return {**batch, "action_is_pad": pad | switched, "action_loss_mask": keep}
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:

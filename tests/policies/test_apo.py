@@ -112,8 +112,11 @@ def test_labels_from_a_hand_made_intervention_pattern():
     assert won.tolist() == [C] * 5 + [X] * 3 + [Hm] * 3 + [C] * 5
     demo = dataset_groups(_episode_frames(False, "demo", np.zeros(6, dtype=bool)))
     assert demo.tolist() == [C] * 6
-    relabelled = dataset_groups(_episode_frames(False, "policy:base", iv), failed_autonomous_desirable=True)
+    relabelled = dataset_groups(_episode_frames(False, "policy:base", iv), autonomous="all")
     assert relabelled.tolist() == [C] * 5 + [X] * 3 + [Hm] * 3 + [C] * 5
+    demos_only = dataset_groups(_episode_frames(True, "policy:base", iv), autonomous="none")
+    assert demos_only.tolist() == [U] * 5 + [X] * 3 + [Hm] * 3 + [U] * 5
+    assert dataset_groups(_episode_frames(True, "demo", np.zeros(4, dtype=bool)), autonomous="none").tolist() == [C] * 4
 
     # the torch path on a batch gives the same codes
     frames = _episode_frames(False, "policy:base", iv)
@@ -192,6 +195,8 @@ def test_config_checks():
         APOConfig.from_dict({"ratios": [0.5, 0.5]})
     with pytest.raises(ConfigError, match="unknown option"):
         APOConfig.from_dict({"window": 10})
+    with pytest.raises(ConfigError, match="autonomous"):
+        APOConfig.from_dict({"autonomous": "failed"})
     assert APOConfig.from_dict({"ratios": [2, 1, 1]}).ratios == (2.0, 1.0, 1.0)
 
 
@@ -206,7 +211,7 @@ def _mixed_batch(n: int = 4) -> dict:
 
 def test_same_noise_and_time_for_policy_and_reference_and_zero_reward_at_start():
     policy = TinyFlow()
-    apo = APOLoss(policy, {"adaptive": False, "n_draws": 2})
+    apo = APOLoss(policy, {"adaptive": False, "n_draws": 2, "bc_weight": 0.0})  # the KTO part alone
     apo.reference.calls = []
     policy.calls = []
     loss, logs = apo(policy, _mixed_batch())

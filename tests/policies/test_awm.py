@@ -13,9 +13,10 @@ from policies.awm import (
     AWMLoss,
     advantage_weights,
     critic_advantage,
+    intervention_advantages,
     normalize_advantages,
 )
-from policies.implicit import draw_noise_and_time, shift_actions
+from policies.implicit import draw_noise_and_time, one_actor_chunks, shift_actions
 from vla.errors import ConfigError, DataError
 
 H, DA, DS = 4, 2, 3
@@ -79,6 +80,8 @@ def make_batch(actions: torch.Tensor, returns=None, tasks=None) -> dict:
         "action_is_pad": torch.zeros(B, H, dtype=torch.bool),
         "mc_return": torch.zeros(B) if returns is None else torch.as_tensor(returns, dtype=torch.float32),
         "task": tasks or ["pick"] * B,
+        "label.human": torch.zeros(B, dtype=torch.bool),  # as vla.data.ChunkDataset serves them
+        "label.pre_takeover": torch.zeros(B, dtype=torch.bool),
     }
 
 
@@ -116,11 +119,57 @@ def test_signed_and_capped_exponential_weights():
     assert (w > 0).all()
 
 
+def test_intervention_labels_override_the_advantage():
+    adv = torch.tensor([-0.5, 0.2, 0.0, -0.1])
+    batch = {"label.human": torch.tensor([True, False, False, False]),
+             "label.pre_takeover": torch.tensor([False, True, False, False])}
+    assert intervention_advantages(adv, batch, "none") is adv
+    torch.testing.assert_close(intervention_advantages(adv, batch, "positive"), torch.tensor([1.0, 0.2, 0.0, -0.1]))
+    torch.testing.assert_close(intervention_advantages(adv, batch, "labels"), torch.tensor([1.0, -1.0, 0.0, -0.1]))
+    with pytest.raises(DataError, match="intervention labels"):
+        intervention_advantages(adv, {}, "positive")
+    # in the loss: the human's sample gets the largest weight whatever its return
+    policy = TinyFlow()
+    batch = {**make_batch(torch.randn(4, H, DA), returns=[3.0, 2.0, 1.0, -5.0]),
+             "label.human": torch.tensor([False, False, False, True])}
+    del batch["label.pre_takeover"]  # "positive" needs only the human's label
+    _, logs = AWMLoss(policy, {"advantage": "mc", "interventions": "positive", "tau": 0.5})(policy, batch)
+    assert logs["awm/weight_max"].item() == pytest.approx(math.exp(2.0))
+
+
+def test_chunks_are_cut_where_the_actor_changes():
+    iv = torch.tensor([[0, 0, 1, 1],    # the policy's chunk runs into a takeover
+                       [1, 1, 0, 1],    # the human's chunk runs past the hand-back (and back again)
+                       [0, 0, 0, 0]], dtype=torch.bool)  # one actor throughout
+    batch = {"action": torch.zeros(3, 4, 1), "intervention": iv,
+             "action_is_pad": torch.tensor([[False, False, False, False], [False] * 4, [False, False, False, True]])}
+    out = one_actor_chunks(batch)
+    assert out["action_loss_mask"].tolist() == [[True, True, False, False], [True, True, False, False], [True] * 4]
+    assert out["action_is_pad"].tolist() == [[False, False, True, True], [False, False, True, True],
+                                             [False, False, False, True]]
+    assert one_actor_chunks({"action": torch.zeros(1, 4, 1)}).keys() == {"action"}  # demos without the column
+    # AWM hands the cut chunks to the policy's loss (the heads leave padded steps out)
+    class Spy(TinyFlow):
+        def loss(self, batch, *args, **kw):
+            self.pads.append(batch["action_is_pad"].clone())
+            return super().loss(batch, *args, **kw)
+
+    b = {**make_batch(torch.randn(2, H, DA)), "intervention": torch.zeros(2, H, dtype=torch.bool)}
+    b["intervention"][0, 2:] = True
+    for one_actor, cut in ((True, [False, False] + [True] * (H - 2)), (False, [False] * H)):
+        policy = Spy()
+        policy.pads = []
+        AWMLoss(policy, {"advantage": "mc", "one_actor": one_actor})(policy, b)
+        assert policy.pads[0][0].tolist() == cut and not policy.pads[0][1].any()
+
+
 def test_config_rejects_unknown_and_bad_values():
     with pytest.raises(ConfigError, match="weighting"):
         AWMConfig.from_dict({"weighting": "linear"})
     with pytest.raises(ConfigError, match="unknown option"):
         AWMConfig.from_dict({"temperature": 1.0})
+    with pytest.raises(ConfigError, match="interventions"):
+        AWMConfig.from_dict({"interventions": "always"})
     with pytest.raises(ConfigError, match="critic_path"):
         AWMLoss(TinyFlow(), {"advantage": "critic"})
 
