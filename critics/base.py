@@ -48,6 +48,10 @@ class CriticConfig:
     gamma: float = 0.98
     reward_mode: str = "sparse_neg"  # ChunkDataset reward: "sparse_neg" (-1 per step, 0 at success) | "raw"
     timeout_bootstrap: bool = True  # failed episodes end by time-out: bootstrap there (see module doc)
+    # RLIF (Luo et al. 2024): a cost on the policy's last step before each takeover (0: off),
+    # so that Q also says whether a person would have let the chunk run. Measured in
+    # benchmarks/results/critics_pick_place.json: better held-out ranking, no re-ranking gain.
+    takeover_penalty: float = 0.0
     ensemble: int = 2  # E
     hidden: tuple[int, ...] = (256, 256)
     activation: str = "relu"
@@ -72,6 +76,8 @@ class CriticConfig:
             raise ConfigError(f"critic.gamma={self.gamma} and critic.tau={self.tau} must lie in (0, 1]")
         if self.timeout_bootstrap and self.gamma >= 1.0:
             raise ConfigError("critic.timeout_bootstrap needs gamma < 1 (a failure is worth r / (1 - gamma))")
+        if self.takeover_penalty < 0:
+            raise ConfigError(f"critic.takeover_penalty={self.takeover_penalty} must be >= 0 (it is subtracted)")
         if self.q_scale is not None and self.q_scale <= 0:
             raise ConfigError(f"critic.q_scale={self.q_scale} must be > 0 (or null: automatic)")
 

@@ -116,7 +116,7 @@ def train_critic(cfg: Mapping) -> Path:
 
 def _dataset(paths: list, ccfg, cfg: Mapping):
     """Chunks with the critic's chunk length, discount and reward, and the return its backup matches."""
-    from vla.data import ChunkDataset
+    from vla.data import ChunkDataset, mc_returns, takeover_penalties
 
     dataset = ChunkDataset(paths, chunk_len=ccfg.chunk_len, gamma=ccfg.gamma, reward_mode=ccfg.reward_mode,
                            obs_keys=cfg.get("obs_keys"), cache_images=bool(cfg.get("cache_images", True)))
@@ -124,4 +124,8 @@ def _dataset(paths: list, ccfg, cfg: Mapping):
     # The return that matches the critic's backup (failed episodes bootstrap at their time-out).
     f["mc_return"] = calibration_returns(f["reward_used"], f["global_episode"], f["episode_success"],
                                          ccfg.gamma, ccfg.timeout_bootstrap)
+    if ccfg.takeover_penalty > 0:  # RLIF's cost, added after the time-out continuation (returns are linear)
+        cost = takeover_penalties(f["intervention"], f["global_episode"], ccfg.takeover_penalty)
+        f["reward_used"] = (f["reward_used"] + cost).astype(np.float32)
+        f["mc_return"] = (f["mc_return"] + mc_returns(cost, f["global_episode"], ccfg.gamma)).astype(np.float32)
     return dataset

@@ -207,6 +207,24 @@ class ArmEnv(gym.Env):
             self.model.body_quat[body.id] = quat
         mujoco.mj_forward(self.model, self.data)
 
+    def snapshot(self) -> dict:
+        """The state of the episode in progress (physics, step count, instruction, fixtures), for
+        ``restore``: several futures can be tried from one state (e.g. Monte-Carlo values of
+        candidate chunks, benchmarks/bench_rerank_ceiling.py)."""
+        data = mujoco.MjData(self.model)
+        mujoco.mj_copyData(data, self.model, self.data)
+        return {"data": data, "steps": self.steps, "task": self.task, "goal": self.goal,
+                "body_pos": self.model.body_pos.copy(), "body_quat": self.model.body_quat.copy()}
+
+    def restore(self, snap: dict) -> dict:
+        """Back to a ``snapshot`` of this env; returns the observation there."""
+        mujoco.mj_copyData(self.data, self.model, snap["data"])
+        self.model.body_pos[:] = snap["body_pos"]
+        self.model.body_quat[:] = snap["body_quat"]
+        self.steps, self.task, self.goal = snap["steps"], snap["task"], snap["goal"]
+        mujoco.mj_forward(self.model, self.data)
+        return self._obs()
+
     def body_pos(self, name: str) -> np.ndarray:
         if name not in self._body_ids:
             self._body_ids[name] = self.model.body(name).id

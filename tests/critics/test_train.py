@@ -133,3 +133,21 @@ def test_eval_data_gives_diagnostics_on_episodes_never_trained_on(data, tmp_path
     assert 0.0 <= diag["auroc_q"] <= 1.0
     assert (out / "eval_data" / "q_vs_return.png").exists()
     assert json.loads((out / "diagnostics.json").read_text())["held_out_episodes"] == 3
+
+
+def test_takeover_penalty_enters_rewards_and_returns(data):
+    from critics.base import CriticConfig
+    from critics.train import _dataset
+
+    plain = _dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9), {})
+    rlif = _dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9, takeover_penalty=3.0), {})
+    f, g = plain.frames, rlif.frames
+    iv, ep = f["intervention"].astype(bool), f["global_episode"]
+    before = np.flatnonzero(~iv[:-1] & iv[1:] & (ep[:-1] == ep[1:]))
+    assert len(before) > 0  # the intervened rollouts hold takeovers
+    np.testing.assert_allclose(g["reward_used"] - f["reward_used"],
+                               np.where(np.isin(np.arange(len(iv)), before), -3.0, 0.0))
+    # the cost is discounted into the returns before it, and nowhere else
+    diff = g["mc_return"] - f["mc_return"]
+    assert (diff <= 1e-6).all() and np.isclose(diff[before], -3.0 + diff[before + 1] * 0.9, atol=1e-4).all()
+    assert np.allclose(diff[f["source"] == "demo"], 0.0)  # demos hold no takeovers

@@ -72,6 +72,23 @@ def test_same_seed_same_episode(name):
 
 
 @pytest.mark.parametrize("name", TASKS)
+def test_snapshot_restore_replays_the_same_future(name):
+    env = sim.make(name).unwrapped
+    env.reset(seed=3)
+    rng = np.random.default_rng(0)
+    actions = env.action_space.low + rng.random((12, 4)) * (env.action_space.high - env.action_space.low)
+    for a in actions[:4]:
+        env.step(a)
+    snap = env.snapshot()
+    first = [env.step(a) for a in actions[4:]]
+    obs = env.restore(snap)
+    assert env.steps == 4 and obs[TASK] == first[0][0][TASK]
+    again = [env.step(a) for a in actions[4:]]
+    for (o1, r1, *_), (o2, r2, *_) in zip(first, again, strict=True):
+        assert np.array_equal(o1[STATE], o2[STATE]) and r1 == r2
+
+
+@pytest.mark.parametrize("name", TASKS)
 def test_instruction_override_and_unknown_instruction(name):
     cls = sim.TASKS[name]
     chosen = cls.instructions[-1]

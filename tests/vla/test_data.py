@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vla.data import ChunkDataset, EpisodeWriter, compute_stats, make_dataloader, mc_returns, obs_to_batch
-from vla.data.returns import pre_takeover_mask, sparse_negative_rewards
+from vla.data.returns import pre_takeover_mask, sparse_negative_rewards, takeover_penalties
 from vla.errors import DataError, ShapeError
 
 STATE_SPEC = {"observation.state": (3,)}
@@ -95,6 +95,15 @@ def test_mc_return_in_dataset_and_vgps_mode(tmp_path):
     neg = ChunkDataset([root], chunk_len=1, gamma=0.9, reward_mode="sparse_neg")
     assert np.allclose(neg.frames["mc_return"], [-1.9, -1.0, 0.0, -1.9, -1.0])
     assert neg.frames["episode_success"].tolist() == [True] * 3 + [False] * 2
+
+
+def test_takeover_penalties_rlif():
+    iv = np.array([0, 0, 1, 1, 0, 1, 0, 1, 1, 0], bool)
+    ep = np.array([0, 0, 0, 0, 0, 0, 0, 1, 1, 1])
+    cost = takeover_penalties(iv, ep, 5.0)
+    # the policy's step before each takeover; none before a takeover on an episode's first frame
+    assert cost.tolist() == [0, -5, 0, 0, -5, 0, 0, 0, 0, 0]
+    assert not takeover_penalties(iv, ep, 0.0).any()
 
 
 def test_intervention_labels(tmp_path):

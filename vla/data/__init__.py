@@ -4,7 +4,13 @@ import logging
 
 from vla.data.batch import obs_to_batch
 from vla.data.chunks import ChunkDataset, make_dataloader, open_lerobot
-from vla.data.returns import mc_returns, pre_takeover_mask, sparse_negative_rewards, takeover_starts
+from vla.data.returns import (
+    mc_returns,
+    pre_takeover_mask,
+    sparse_negative_rewards,
+    takeover_penalties,
+    takeover_starts,
+)
 from vla.data.stats import Normalizer, compute_stats, load_stats, save_stats
 from vla.data.writer import EpisodeWriter, read_journal, repair
 
@@ -27,5 +33,6 @@ __all__ = [
     "repair",
     "save_stats",
     "sparse_negative_rewards",
+    "takeover_penalties",
     "takeover_starts",
 ]

@@ -51,6 +51,23 @@ def takeover_starts(intervention: np.ndarray, episode_index: np.ndarray) -> np.n
     return starts
 
 
+def takeover_penalties(intervention: np.ndarray, episode_index: np.ndarray, penalty: float) -> np.ndarray:
+    """RLIF's reward: ``-penalty`` on the policy's last step before each takeover, 0 elsewhere.
+
+    The transition (s, a) -> s' on which a person decided to take over is the one that
+    gets the cost (Luo et al., RLIF, ICLR 2024). A takeover on an episode's first frame has
+    no step before it and costs nothing.
+    """
+    iv = np.asarray(intervention, dtype=bool).reshape(-1)
+    ep = np.asarray(episode_index).reshape(-1)
+    out = np.zeros(len(iv), dtype=np.float32)
+    starts = np.flatnonzero(takeover_starts(iv, ep))
+    before = starts[starts > 0] - 1
+    before = before[(ep[before] == ep[before + 1]) & ~iv[before]]
+    out[before] = -float(penalty)
+    return out
+
+
 def pre_takeover_mask(intervention: np.ndarray, episode_index: np.ndarray, window: int) -> np.ndarray:
     """The policy's own steps among the ``window`` steps just before each takeover (APO's undesirable set)."""
     iv = np.asarray(intervention, dtype=bool).reshape(-1)
