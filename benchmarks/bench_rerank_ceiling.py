@@ -40,7 +40,7 @@ class MonteCarloOracle:
     """A "critic" that scores candidates by simulating them (E = 1): ``q(obs, chunks) -> (1, 1, N)``."""
 
     def __init__(self, env, policy, execute: int, seed: int = 0, step_cost: float = 1e-3):
-        self.env, self.policy, self.execute, self.step_cost = env, policy, execute, step_cost
+        self.env, self.execute, self.step_cost = env, execute, step_cost
         self.chunk_len, self.action_dim = policy.chunk_len, policy.action_dim
         self.inner = ChunkAgent(policy, execute)
         self.rng = np.random.default_rng(seed)

@@ -61,9 +61,9 @@ def takeover_penalties(intervention: np.ndarray, episode_index: np.ndarray, pena
     iv = np.asarray(intervention, dtype=bool).reshape(-1)
     ep = np.asarray(episode_index).reshape(-1)
     out = np.zeros(len(iv), dtype=np.float32)
-    starts = np.flatnonzero(takeover_starts(iv, ep))
+    starts = np.flatnonzero(takeover_starts(iv, ep))  # the step before a start is the policy's
     before = starts[starts > 0] - 1
-    before = before[(ep[before] == ep[before + 1]) & ~iv[before]]
+    before = before[ep[before] == ep[before + 1]]  # unless the start opens its episode
     out[before] = -float(penalty)
     return out
 
