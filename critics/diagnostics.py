@@ -6,6 +6,9 @@
   chunks of successful episodes from chunks of failed ones, the same for V(s) when a policy
   is at hand, and a breakdown by source: ``demo`` episodes, ``policy`` steps (the policy
   in control), ``intervention`` steps (a human or the scripted intervener in control).
+  ``ci95`` holds 95% intervals of the four scores from resampling whole episodes: with a
+  few dozen held-out episodes they are wide, and which episodes were held out moves the
+  scores by as much (benchmarks/results/critics_pick_place.json, "split_seeds").
 
 A verifier no better than chance makes best-of-N no better than random (ALGORITHMS.md),
 so these numbers come before any re-ranking.
@@ -72,7 +75,7 @@ def predict(critic, dataset, policy: ChunkPolicy | None = None, batch_size: int 
             out["v"].append(critic.value(batch, policy, value_samples).float().cpu())
         out["ret"].append(batch["mc_return"].float().cpu())
         out["success"].append(batch["episode_success"].cpu())
-        out["episode"].append(batch["episode_index"].cpu())
+        out["episode"].append(batch["global_episode"].cpu())
         human = batch["label.human"].cpu().tolist()
         out["group"] += [source_group(s, h) for s, h in zip(batch["source"], human, strict=True)]
     res = {k: (np.asarray(v) if k == "group" else torch.cat(v).numpy()) for k, v in out.items() if v}
@@ -101,6 +104,27 @@ def metrics(pred: dict[str, np.ndarray]) -> dict:
     return result
 
 
+def bootstrap_intervals(pred: dict[str, np.ndarray], resamples: int = 200, seed: int = 0) -> dict:
+    """95% percentile intervals of Spearman and AUROC (Q, and V when present), resampling whole
+    episodes with replacement (frames of one episode are not independent). {} when ``resamples`` is 0."""
+    if resamples <= 0:
+        return {}
+    episodes = [np.flatnonzero(pred["episode"] == e) for e in np.unique(pred["episode"])]
+    rng = np.random.default_rng(seed)
+    names = [n for n in ("q", "v") if n in pred]
+    draws: dict[str, list] = {f"{m}_{n}": [] for n in names for m in ("spearman", "auroc")}
+    for _ in range(resamples):
+        idx = np.concatenate([episodes[i] for i in rng.integers(len(episodes), size=len(episodes))])
+        for n in names:
+            draws[f"spearman_{n}"].append(spearman(pred[n][idx], pred["ret"][idx]))
+            draws[f"auroc_{n}"].append(auroc(pred[n][idx], pred["success"][idx]))
+    out = {}
+    for key, values in draws.items():
+        values = [v for v in values if v is not None]  # a resample can miss a class
+        out[key] = [round(float(q), 3) for q in np.percentile(values, [2.5, 97.5])] if values else None
+    return out
+
+
 def plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") -> None:
     import matplotlib
 
@@ -125,13 +149,16 @@ def plot(pred: dict[str, np.ndarray], path: str | Path, title: str = "") -> None
 
 
 def write_diagnostics(critic, dataset, out_dir: str | Path, policy: ChunkPolicy | None = None,
-                      batch_size: int = 256, value_samples: int = 8, device="cpu", extra: dict | None = None) -> dict:
-    """Predict on ``dataset`` (held-out episodes), then write diagnostics.json and q_vs_return.png."""
+                      batch_size: int = 256, value_samples: int = 8, device="cpu", extra: dict | None = None,
+                      bootstrap: int = 200) -> dict:
+    """Predict on ``dataset`` (held-out episodes), then write diagnostics.json and q_vs_return.png
+    (``bootstrap``: episode resamples behind the ``ci95`` intervals; 0 skips them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pred = predict(critic, dataset, policy, batch_size, value_samples, device)
     result = {"critic": critic.type_name, "gamma": critic.cfg.gamma, "chunk_len": critic.cfg.chunk_len,
-              "aggregation": critic.cfg.agg, **(extra or {}), **metrics(pred)}
+              "aggregation": critic.cfg.agg, **(extra or {}), **metrics(pred),
+              "ci95": bootstrap_intervals(pred, bootstrap)}
     (out_dir / DIAGNOSTICS).write_text(json.dumps(result, indent=2))
     plot(pred, out_dir / PLOT, f"{critic.type_name} critic, held-out chunks")
     return result

@@ -108,7 +108,7 @@ def train_critic(cfg: Mapping) -> Path:
             result = write_diagnostics(
                 saved, subset, where, policy=None if ccfg.type == "vqh" else policy, device=device,
                 batch_size=int(diag.get("batch_size", 256)), value_samples=int(diag.get("value_samples", 8)),
-                extra={**more, **extra})
+                bootstrap=int(diag.get("bootstrap", 200)), extra={**more, **extra})
             log.info("%s: spearman %s, auroc %s (%s)", name, result.get("spearman_q"), result.get("auroc_q"),
                      where / "diagnostics.json")
     return Path(cfg["out"])

@@ -99,3 +99,23 @@ def test_diagnostic_metrics():
     assert m["chunks"] == 5 and m["episodes"] == 2 and m["auroc_q"] == 1.0
     assert m["by_source"]["demo"]["spearman_q"] == pytest.approx(1.0) and m["by_source"]["demo"]["auroc_q"] is None
     assert m["by_source"]["policy"]["chunks"] == 1 and "v" not in pred and "mean_v" not in m
+
+
+def test_bootstrap_intervals_resample_whole_episodes():
+    from critics.diagnostics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    episode = np.repeat(np.arange(40), 5)
+    success = np.repeat(rng.random(40) < 0.5, 5)
+    ret = np.where(success, 0.0, -10.0) + rng.normal(0, 1, len(episode))
+    perfect = {"q": ret.copy(), "ret": ret, "success": success, "episode": episode}
+    ci = bootstrap_intervals(perfect, resamples=100)
+    assert ci["spearman_q"] == [1.0, 1.0] and ci["auroc_q"] == [1.0, 1.0] and "spearman_v" not in ci
+    noisy = {**perfect, "q": ret + rng.normal(0, 8, len(ret)), "v": rng.normal(0, 1, len(ret))}
+    ci = bootstrap_intervals(noisy, resamples=100)
+    lo, hi = ci["spearman_q"]
+    assert 0.0 < lo < hi < 1.0  # an informative but noisy critic: a proper interval
+    assert ci["auroc_v"][0] < 0.5 < ci["auroc_v"][1]  # V is noise: chance lies inside its interval
+    assert bootstrap_intervals(noisy, resamples=0) == {}
+    one_class = {**perfect, "success": np.ones_like(success)}
+    assert bootstrap_intervals(one_class, resamples=10)["auroc_q"] is None

@@ -61,6 +61,9 @@ def test_train_critic_writes_checkpoint_and_diagnostics(data, critic, tmp_path):
     # seed 0 holds out two successful demos and one failed rollout: both classes for the AUROC
     assert diag["critic"] == critic["type"] and diag["held_out_episodes"] == 3
     assert -1.0 <= diag["spearman_q"] <= 1.0 and 0.0 <= diag["auroc_q"] <= 1.0
+    assert diag["episodes"] == 3  # counted across the data folders (their episode indices overlap)
+    lo, hi = diag["ci95"]["auroc_q"]
+    assert 0.0 <= lo <= hi <= 1.0
     assert set(diag["by_source"]) <= {"demo", "policy", "intervention"} and diag["by_source"]
     assert sum(g["chunks"] for g in diag["by_source"].values()) == diag["chunks"]
     assert "spearman_v" in diag  # every critic here has a V(s): sampled from the policy, or IQL's own
@@ -118,6 +121,7 @@ def test_policy_is_required_where_the_backup_needs_it(data, tmp_path):
 def test_eval_data_gives_diagnostics_on_episodes_never_trained_on(data, tmp_path):
     mdp, rng = Chain(gamma=0.9), np.random.default_rng(1)
     fresh = write_chain_dataset(data["tmp"] / "fresh", mdp, 5, 0.2, "policy:tiny", 6, rng, intervene=True)
+    more = write_chain_dataset(data["tmp"] / "more", mdp, 3, 0.2, "policy:tiny", 6, rng, intervene=True)
     cfg = {"critic": {**SMALL, "type": "aloe"}, "data": data["data"], "policy_path": data["policy"],
            "out": str(tmp_path / "run"), "steps": 3, "batch_size": 16, "holdout": 0.4, "train": TRAIN}
     with pytest.raises(ConfigError, match="never trains on"):
@@ -125,11 +129,12 @@ def test_eval_data_gives_diagnostics_on_episodes_never_trained_on(data, tmp_path
     out = train_critic(cfg)
     assert not (out / "eval_data").exists()
     # added to the finished run: no more training, the same weights judged on fresh episodes
-    out = train_critic({**cfg, "resume": True, "eval_data": [str(fresh)]})
+    out = train_critic({**cfg, "resume": True, "eval_data": [str(fresh), str(more)]})
     assert list_checkpoints(out) == [3]
     diag = json.loads((out / "eval_data" / "diagnostics.json").read_text())
-    assert diag["eval_episodes"] == 5 and diag["eval_data"] == [str(fresh)]
-    assert 1 <= diag["by_source"]["policy"]["episodes"] <= 5
+    assert diag["eval_episodes"] == 8 and diag["eval_data"] == [str(fresh), str(more)]
+    assert diag["episodes"] == 8  # both folders number their episodes from 0: counted apart
+    assert 1 <= diag["by_source"]["policy"]["episodes"] <= 8
     assert 0.0 <= diag["auroc_q"] <= 1.0
     assert (out / "eval_data" / "q_vs_return.png").exists()
     assert json.loads((out / "diagnostics.json").read_text())["held_out_episodes"] == 3

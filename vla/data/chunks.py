@@ -245,6 +245,7 @@ class ChunkDataset(Dataset):
             "label.human": torch.tensor(bool(f["label.human"][idx])),
             "label.pre_takeover": torch.tensor(bool(f["label.pre_takeover"][idx])),
             "episode_index": torch.tensor(int(f["episode_index"][idx])),
+            "global_episode": torch.tensor(int(f["global_episode"][idx])),  # unique across the folders
             "frame_index": torch.tensor(int(f["frame_index"][idx])),
         }
         return item
