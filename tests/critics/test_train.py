@@ -61,7 +61,7 @@ def test_train_critic_writes_checkpoint_and_diagnostics(data, critic, tmp_path):
     # seed 0 holds out two successful demos and one failed rollout: both classes for the AUROC
     assert diag["critic"] == critic["type"] and diag["held_out_episodes"] == 3
     assert -1.0 <= diag["spearman_q"] <= 1.0 and 0.0 <= diag["auroc_q"] <= 1.0
-    assert diag["episodes"] == 3  # counted across the data folders (their episode indices overlap)
+    assert diag["episodes"] == 3  # held-out episodes, told apart by their id across the data folders
     lo, hi = diag["ci95"]["auroc_q"]
     assert 0.0 <= lo <= hi <= 1.0
     assert set(diag["by_source"]) <= {"demo", "policy", "intervention"} and diag["by_source"]
