@@ -80,10 +80,11 @@ class MonteCarloOracle:
         for chunk in chunks[0].cpu().numpy():
             scores.append(self.value(chunk))
             self.env.restore(snap)
+        values = torch.tensor(scores)
         if self.sets is not None:
             self.sets.append({"obs": {k: v.cpu().clone() if torch.is_tensor(v) else list(v) for k, v in obs.items()},
-                              "chunks": chunks[0].cpu().clone(), "values": torch.tensor(scores)})
-        return torch.tensor(scores)[None, None]
+                              "chunks": chunks[0].cpu().clone(), "values": values})
+        return values[None, None]
 
 
 def run(policy_path: str, env_name: str, n: int, episodes: int, seed: int, record: str | None = None) -> dict:
@@ -126,11 +127,10 @@ def score_critics(sets_path: str, critic_paths: list[str]) -> dict:
     if not sets:
         raise SystemExit(f"{sets_path}: no candidate sets recorded")
     values = torch.stack([s["values"] for s in sets])  # (D, N)
-    random, best = values.mean(1), values.max(1).values
-    gap = float(best.mean() - random.mean())
+    random, best = float(values.mean()), float(values.max(1).values.mean())
+    gap = best - random
     out = {"sets": sets_path, "env": recorded["env"], "policy_path": recorded["policy_path"],
-           "decisions": len(sets), "random": round(float(random.mean()), 4), "best": round(float(best.mean()), 4),
-           "critics": {}}
+           "decisions": len(sets), "random": round(random, 4), "best": round(best, 4), "critics": {}}
     for path in critic_paths:
         critic = load_critic(path)
         picked = []
@@ -139,7 +139,7 @@ def score_critics(sets_path: str, critic_paths: list[str]) -> dict:
             picked.append(float(s["values"][int(q.argmax())]))
         p = float(np.mean(picked))
         out["critics"][path] = {"type": critic.type_name, "picked": round(p, 4),
-                                "gap_closed": round((p - float(random.mean())) / gap, 3) if gap > 0 else None}
+                                "gap_closed": round((p - random) / gap, 3) if gap > 0 else None}
     return out
 
 
