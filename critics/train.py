@@ -70,7 +70,7 @@ def train_critic(cfg: Mapping) -> Path:
     overlap = sorted({str(Path(d).resolve()) for d in data} & {str(Path(d).resolve()) for d in eval_data})
     if overlap:
         raise ConfigError(f"eval_data must hold episodes the critic never trains on; also in data: {overlap}")
-    dataset = _dataset(data, ccfg, cfg)
+    dataset = critic_dataset(data, ccfg, cfg)
     train_ids, held_ids = split_episodes(dataset.episode_ids(), float(cfg.get("holdout", 0.2)), seed)
     log.info("data: %d frames, %d episodes (%d held out) from %s", len(dataset), dataset.num_episodes,
              len(held_ids), data)
@@ -101,7 +101,7 @@ def train_critic(cfg: Mapping) -> Path:
             checks.append((Subset(dataset, dataset.subset_episodes(held_ids)), Path(cfg["out"]),
                            {"held_out_episodes": len(held_ids)}, "held-out"))
         if eval_data:
-            fresh = _dataset(eval_data, ccfg, cfg)
+            fresh = critic_dataset(eval_data, ccfg, cfg)
             checks.append((fresh, Path(cfg["out"]) / "eval_data",
                            {"eval_data": eval_data, "eval_episodes": fresh.num_episodes}, "eval_data"))
         for subset, where, more, name in checks:
@@ -114,7 +114,7 @@ def train_critic(cfg: Mapping) -> Path:
     return Path(cfg["out"])
 
 
-def _dataset(paths: list, ccfg, cfg: Mapping):
+def critic_dataset(paths: list, ccfg, cfg: Mapping):
     """Chunks with the critic's chunk length, discount and reward, and the return its backup matches."""
     from vla.data import ChunkDataset, mc_returns, takeover_penalties
 
