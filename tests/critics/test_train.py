@@ -142,10 +142,10 @@ def test_eval_data_gives_diagnostics_on_episodes_never_trained_on(data, tmp_path
 
 def test_takeover_penalty_enters_rewards_and_returns(data):
     from critics.base import CriticConfig
-    from critics.train import _dataset
+    from critics.train import critic_dataset
 
-    plain = _dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9), {})
-    rlif = _dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9, takeover_penalty=3.0), {})
+    plain = critic_dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9), {})
+    rlif = critic_dataset(data["data"], CriticConfig(chunk_len=2, gamma=0.9, takeover_penalty=3.0), {})
     f, g = plain.frames, rlif.frames
     iv, ep = f["intervention"].astype(bool), f["global_episode"]
     before = np.flatnonzero(~iv[:-1] & iv[1:] & (ep[:-1] == ep[1:]))
