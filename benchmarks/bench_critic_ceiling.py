@@ -67,8 +67,7 @@ class Replayer:
 
     def __init__(self, env_name: str, policy_path: str, scripted: dict, k: int, chunk_len: int | None, gamma: float):
         torch.set_num_threads(1)
-        name, opts = sim.env_options(yaml.safe_load((CONFIGS / "env" / f"{env_name}.yaml").read_text()))
-        self.env = sim.make(name, **opts)
+        self.env = sim.make_from_config(yaml.safe_load((CONFIGS / "env" / f"{env_name}.yaml").read_text()))
         self.base = self.env.unwrapped
         if not hasattr(self.base, "snapshot"):
             raise SystemExit(f"{env_name}: replaying needs one of the sim tasks (ArmEnv.snapshot / restore)")
@@ -115,9 +114,9 @@ class Replayer:
                 raise SystemExit(f"episode {ep['index']} (seed {ep['seed']}) does not replay at step {t}: "
                                  "another env config or sim version than the recording's?")
             if t % self.execute == 0:
-                snap, intervener = self.base.snapshot(), self._copy(self.intervener)
+                snap = self.base.snapshot()
                 end = min(t + self.chunk_len, len(actions))
-                values = [self._future(snap, self._copy(intervener), actions[t:end], proposals[t:end],
+                values = [self._future(snap, self._copy(self.intervener), actions[t:end], proposals[t:end],
                                        int(rng.integers(1 << 31))) for _ in range(self.k)]
                 self.base.restore(snap)
                 rows.append({"episode": ep["index"], "t": t, "success": bool(ep["success"]),
@@ -165,7 +164,8 @@ def scores(x: np.ndarray, rows: list[dict]) -> dict:
     success = np.array([r["success"] for r in rows])
     pred = {"q": x, "ret": ret, "success": success, "episode": np.array([r["episode"] for r in rows])}
     ci = bootstrap_intervals(pred)
-    return {"spearman": round(spearman(x, ret), 3), "auroc": round(auroc(x, success), 3),
+    rho, area = spearman(x, ret), auroc(x, success)  # None where undefined (one class, constant values)
+    return {"spearman": None if rho is None else round(rho, 3), "auroc": None if area is None else round(area, 3),
             "ci95": {"spearman": ci["spearman_q"], "auroc": ci["auroc_q"]}}
 
 

@@ -89,8 +89,7 @@ class MonteCarloOracle:
 
 def run(policy_path: str, env_name: str, n: int, episodes: int, seed: int, record: str | None = None) -> dict:
     policy = load_policy(policy_path)
-    name, opts = sim.env_options(yaml.safe_load((CONFIGS / "env" / f"{env_name}.yaml").read_text()))
-    env = sim.make(name, **opts)
+    env = sim.make_from_config(yaml.safe_load((CONFIGS / "env" / f"{env_name}.yaml").read_text()))
     execute = execute_steps_for(policy, None)
     if not hasattr(env.unwrapped, "snapshot"):
         raise SystemExit(f"{env_name}: the oracle needs one of the sim tasks (ArmEnv.snapshot / restore)")
