@@ -154,6 +154,7 @@ class ChunkCritic(nn.Module):
         self.features = {k: tuple(int(s) for s in v) for k, v in features.items()}
         self.stats = stats
         self.action_dim = int(self.features[ACTION][-1])
+        self.chunk_len = int(cfg.chunk_len)  # the first chunk_len steps of a policy's chunk are scored
         self.state_dim = int(self.features[STATE][-1]) if STATE in self.features else 0
         self.cameras = image_keys(self.features)
         self.normalizer = Normalizer(stats)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from critics.base import aggregate as aggregate_ensemble
 from vla.errors import ConfigError, ShapeError
-from vla.types import Batch, ChunkPolicy, Critic
+from vla.types import Batch, ChunkPolicy, Critic, require_generative
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class Reranker:
 
     def __init__(self, policy: ChunkPolicy, critic: Critic, cfg: RerankConfig | None = None,
                  feasibility: Feasibility | None = None):
+        require_generative(policy, "re-ranking (critic_path=)")
         self.policy, self.critic = policy, critic
         self.cfg = cfg or RerankConfig()
         self.feasibility = feasibility
@@ -86,19 +87,18 @@ class Reranker:
             raise ConfigError(f"rerank.selector must be argmax or softmax, got {self.cfg.selector!r}")
         if self.cfg.temperature < 0:
             raise ConfigError(f"rerank.temperature must be >= 0, got {self.cfg.temperature}")
-        critic_action_dim = getattr(critic, "action_dim", policy.action_dim)
-        if critic_action_dim != policy.action_dim:
-            raise ShapeError(f"critic scores {critic_action_dim}-d actions, the policy acts in {policy.action_dim}-d")
+        if critic.action_dim != policy.action_dim:
+            raise ShapeError(f"critic scores {critic.action_dim}-d actions, the policy acts in {policy.action_dim}-d")
         self.span = self._span()
         self._gen = torch.Generator().manual_seed(int(self.cfg.seed))
 
     def _span(self) -> int:
         H = self.policy.chunk_len
-        critic_len = getattr(self.critic, "chunk_len", None) or getattr(getattr(self.critic, "cfg", None), "chunk_len", None)
-        span = {"critic": critic_len or H, "first": 1, "chunk": H}.get(self.cfg.span, self.cfg.span)
+        critic_len = self.critic.chunk_len
+        span = {"critic": critic_len, "first": 1, "chunk": H}.get(self.cfg.span, self.cfg.span)
         if not isinstance(span, int) or not 1 <= span <= H:
             raise ConfigError(f"rerank.span={self.cfg.span!r}: use critic, first, chunk or an int in [1, {H}]")
-        if critic_len is not None and span != critic_len:
+        if span != critic_len:
             raise ConfigError(f"rerank.span covers {span} steps but the critic scores chunks of {critic_len}")
         return span
 

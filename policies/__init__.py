@@ -1,7 +1,8 @@
 """Generative action heads and the objectives that train them.
 
-``build_policy(cfg, features, stats)`` makes a fresh VLA policy; ``load_policy(path)`` opens
-any policy checkpoint (ours or a LeRobot one through the adapter).
+``build_policy(cfg, features, stats)`` makes the policy a ``configs/policy`` entry describes (a
+fresh VLA, or a LeRobot checkpoint through the adapter); ``load_policy(path)`` opens any policy
+checkpoint (ours or a LeRobot one). Every one of them keeps the ``vla.types.ChunkPolicy`` contract.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 import os
 from pathlib import Path
 
-from policies.vla_policy import VLAContext, VLAPolicy, build_policy
+from policies import vla_policy
+from policies.vla_policy import VLAContext, VLAPolicy
 from vla.checkpoint import read_json, resolve_checkpoint
 from vla.errors import CheckpointError
 
@@ -38,6 +40,17 @@ def checkpoint_type(path: Path) -> str:
     if config.get("type") != "vla" and "input_features" in config and "output_features" in config:
         return "lerobot"
     return str(config.get("type"))
+
+
+def build_policy(cfg: dict, features: dict | None, stats: dict | None):
+    """The policy of a ``configs/policy`` entry: ``type: lerobot`` loads ``cfg["path"]`` (its own
+    architecture, chunk length and stats; checked against ``features`` when given), else a fresh VLA
+    for ``features`` ({key: shape}) normalised with ``stats``."""
+    if cfg.get("type") == "lerobot":
+        from policies.lerobot_adapter import build_lerobot_policy  # optional, heavy imports
+
+        return build_lerobot_policy(cfg, features, stats)
+    return vla_policy.build_policy(cfg, features, stats)
 
 
 def load_policy(path: str | os.PathLike, device: str = "cpu"):

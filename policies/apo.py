@@ -50,7 +50,7 @@ from policies.implicit import (
     unwrap,
 )
 from vla.errors import ConfigError, DataError
-from vla.types import SOURCE_DEMO, Batch
+from vla.types import SOURCE_DEMO, Batch, require_generative
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ class APOLoss:
     """``loss_fn(model, batch) -> (loss, logs)`` for the trainer."""
 
     def __init__(self, policy: nn.Module, cfg: APOConfig | dict | None = None, reference: nn.Module | None = None):
+        require_generative(unwrap(policy), "APO (algo=apo)")
         self.cfg = cfg if isinstance(cfg, APOConfig) else APOConfig.from_dict(cfg)
         self.reference = reference if reference is not None else frozen_copy(unwrap(policy))
 

@@ -53,7 +53,7 @@ from policies.implicit import (
     unwrap,
 )
 from vla.errors import ConfigError, DataError
-from vla.types import Batch
+from vla.types import Batch, require_generative
 
 WEIGHTINGS = ("signed", "exp")
 INTERVENTION_MODES = ("none", "positive", "labels")
@@ -171,6 +171,7 @@ class AWMLoss:
 
     def __init__(self, policy: nn.Module, cfg: AWMConfig | dict | None = None, critic=None,
                  reference: nn.Module | None = None):
+        require_generative(unwrap(policy), "AWM (algo=awm)")
         self.cfg = cfg if isinstance(cfg, AWMConfig) else AWMConfig.from_dict(cfg)
         source = self.cfg.advantage
         if source == "critic" and critic is None:

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla.errors import ConfigError, ShapeError
+from vla.agent import check_env
+from vla.errors import ConfigError
 from vla.types import SOURCE_POLICY_PREFIX, STATE
 
 log = logging.getLogger(__name__)
@@ -174,16 +175,6 @@ def decision_stats(logs: list[list[dict]]) -> dict:
             "held": sum(bool(d.get("held")) for d in flat), "stale": sum(bool(d.get("stale")) for d in flat)}
 
 
-def check_features(policy, env, where: str) -> None:
-    """ShapeError naming the feature where the env's observation or action disagrees with the policy."""
-    features = {k: s.shape for k, s in env.observation_space.spaces.items() if getattr(s, "shape", None)}
-    features["action"] = env.action_space.shape
-    if hasattr(policy, "check_compatible"):
-        policy.check_compatible(features, where=where)
-    elif tuple(features["action"]) != (policy.action_dim,):
-        raise ShapeError(f"action: the policy makes ({policy.action_dim},), {where} takes {features['action']}")
-
-
 def policy_name(cfg: dict) -> str:
     return str(cfg.get("policy_name") or Path(str(cfg.get("policy_path") or "policy")).name)
 
@@ -245,7 +236,9 @@ def deploy_sim(cfg, progress: bool | None = None) -> dict:
     name = str(cfg["env"].get("name"))
     writer = agent = None
     try:
-        check_features(policy, env, f"env '{name}'")
+        check_env(policy, env, f"env '{name}'")
+        if system1 is not None:
+            check_env(system1, env, f"env '{name}' (for System 1)")
         space = env.action_space
         feasible = feasibility(cfg, getattr(space, "low", None), getattr(space, "high", None))
         hold_action = getattr(env.unwrapped, "hold_action", None)
@@ -305,8 +298,7 @@ def robot_bounds(robot_cfg: dict, robot=None):
 def check_robot(policy, robot) -> None:
     """ShapeError naming the feature where the arm's observation or action disagrees with the policy."""
     features = {**robot.obs_spec, "action": (robot.action_dim,)}
-    if hasattr(policy, "check_compatible"):
-        policy.check_compatible(features, where=f"robot '{robot.robot_type}'")
+    policy.check_compatible(features, where=f"robot '{robot.robot_type}'")
 
 
 def robot_summary(cfg: dict, results, source: str) -> dict:

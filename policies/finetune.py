@@ -46,18 +46,13 @@ def _required(cfg: Mapping, key: str):
     return value
 
 
-def _obs_keys(policy) -> list[str] | None:
-    """The observation keys the policy reads (from its config's features), None: the dataset's."""
-    features = (getattr(policy, "config", None) or {}).get("features")
-    if not features:
-        return None
-    return [k for k in features if k != ACTION and k.startswith("observation.")]
+def _obs_keys(policy) -> list[str]:
+    """The observation keys the policy reads (its ``features``)."""
+    return [k for k in policy.features if k != ACTION and k.startswith("observation.")]
 
 
 def _check_compatible(policy, dataset, data) -> None:
-    check = getattr(policy, "check_compatible", None)
-    if callable(check):
-        check(dataset.features)
+    policy.check_compatible(dataset.features, where=f"data {data}")
     if dataset.action_dim != policy.action_dim:
         raise ShapeError(f"data {data}: actions have {dataset.action_dim} dims, the policy {policy.action_dim}")
 
@@ -66,9 +61,8 @@ def _load_critic(path, policy):
     from critics import load_critic  # only AWM with a critic needs it
 
     critic = load_critic(path)
-    h = getattr(getattr(critic, "cfg", None), "chunk_len", None)
-    if h is not None and h > policy.chunk_len:
-        raise ShapeError(f"critic {path} scores chunks of {h} steps, the policy makes {policy.chunk_len}")
+    if critic.chunk_len > policy.chunk_len:
+        raise ShapeError(f"critic {path} scores chunks of {critic.chunk_len} steps, the policy makes {policy.chunk_len}")
     return critic
 
 

@@ -30,7 +30,7 @@ import torch
 from critics.base import aggregate as aggregate_ensemble
 from vla.data.batch import obs_to_batch
 from vla.errors import ConfigError, DataError, ShapeError
-from vla.types import ACTION, ChunkPolicy, Critic
+from vla.types import ChunkPolicy, Critic, require_generative
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class DualSystemAgent:
 
     def __init__(self, system2: ChunkPolicy, critic: Critic, system1: ChunkPolicy,
                  cfg: DualSystemConfig | None = None, device: str = "cpu"):
+        require_generative(system2, "the dual system's System 2")
+        require_generative(system1, "the dual system's System 1")
         self.s2, self.critic, self.s1 = system2, critic, system1
         self.cfg = cfg or DualSystemConfig()
         self.device = device
@@ -70,8 +72,9 @@ class DualSystemAgent:
             raise ConfigError(f"s1_t_start must be in (0, 1], got {c.s1_t_start}")
         if c.mode not in ("stepped", "realtime"):
             raise ConfigError(f"dual system mode must be stepped or realtime, got {c.mode!r}")
-        self.critic_span = getattr(critic, "chunk_len", None) or getattr(getattr(critic, "cfg", None), "chunk_len",
-                                                                         system2.chunk_len)
+        if critic.chunk_len > system2.chunk_len:
+            raise ConfigError(f"the critic scores chunks of {critic.chunk_len}, System 2 makes {system2.chunk_len}")
+        self.critic_span = critic.chunk_len
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -118,13 +121,8 @@ class DualSystemAgent:
         chunks = []
         for i in range(N):  # start times differ per candidate; the prefix is encoded once
             noise = torch.randn(1, 1, H, Da, generator=gen) * scale[i]
-            if float(t_start[i]) >= 1.0:
-                chunks.append(self.s2.sample(ctx, n=1, noise=noise.to(self.device)))
-            else:
-                # pure noise at time t: renoising the mean action (0 once normalised) gives t * eps
-                mean = _mean_action(self.s2, H, Da, self.device)
-                chunks.append(self.s2.sample(ctx, n=1, noise=noise.to(self.device), init=mean,
-                                             t_start=float(t_start[i])))
+            # below t = 1 the start is the normalised zero chunk noised to t (t * eps for flow)
+            chunks.append(self.s2.sample(ctx, n=1, noise=noise.to(self.device), t_start=min(float(t_start[i]), 1.0)))
         chunks = torch.cat(chunks, dim=1)  # (1, N, H2, Da)
         q = self.critic.q(batch, chunks[:, :, : self.critic_span])  # (E, 1, N)
         scores = aggregate_ensemble(q, c.aggregate, c.aggregate_k)[0]
@@ -208,9 +206,3 @@ class DualSystemAgent:
             raise DataError("dual system produced a NaN or infinite action")
         return action
 
-
-def _mean_action(policy, H: int, Da: int, device) -> torch.Tensor:
-    """The raw action that normalises to zero: (1, 1, H, Da)."""
-    zero = torch.zeros(1, 1, H, Da, device=device)
-    normalizer = getattr(policy, "normalizer", None)
-    return zero if normalizer is None else normalizer.unnormalize(ACTION, zero)

@@ -25,18 +25,12 @@ def draw_noise_and_time(
 ) -> tuple[Tensor, Tensor]:
     """noise (D, B, H, Da) ~ N(0, I) and t (D, B) in [0, 1].
 
-    t follows the policy's own training distribution when it offers one
-    (``policy.sample_time(n, device)`` or its head's, e.g. the flow head's Beta), so the
-    objectives reweight the pre-training loss itself; else uniform, weighting every noise
-    level of the schedule alike.
+    t follows the policy's own training distribution (``policy.sample_time``, e.g. the flow
+    head's Beta), so the objectives reweight the pre-training loss itself.
     """
     H, Da = policy.chunk_len, policy.action_dim
     noise = torch.randn(n_draws, batch_size, H, Da, device=device)
-    sample_time = getattr(policy, "sample_time", None) or getattr(getattr(policy, "head", None), "sample_time", None)
-    if callable(sample_time):
-        t = sample_time(n_draws * batch_size, device).reshape(n_draws, batch_size)
-    else:
-        t = torch.rand(n_draws, batch_size, device=device)
+    t = unwrap(policy).sample_time(n_draws * batch_size, device).reshape(n_draws, batch_size)
     return noise, t
 
 

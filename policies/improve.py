@@ -140,12 +140,14 @@ def run_improve(cfg: dict) -> Path:
 
     task, algo, seed, device = fixed["task"], fixed["algo"], fixed["seed"], cfg.get("device") or "cpu"
     algo_opts = _algo(cfg)[1]
+    env_over = list(cfg.get("env_overrides") or [])  # e.g. [env.obs_mode=pixels]: rollouts and evaluation alike
     e, r_cfg, c_cfg, f_cfg = cfg["eval"], cfg["rollouts"], cfg.get("critic") or {}, cfg.get("refine") or {}
     evaluating = int(e.get("episodes") or 0) > 0
 
     def evaluate(name: str, policy_path: str):
         def fn(p: Path) -> dict:
-            result = evaluate_method({"task": task, "eval": e}, name, p, factory=_agents(policy_path, e, device))
+            result = evaluate_method({"task": task, "env_overrides": env_over, "eval": e}, name, p,
+                                     factory=_agents(policy_path, e, device))
             return {**result, "policy_path": policy_path}
         return fn
 
@@ -159,7 +161,8 @@ def run_improve(cfg: dict) -> Path:
         rollouts = run.out / name / "rollouts"
         row = {"round": r, "start_policy": current}
         row["rollouts"] = run.stage(f"{name}/rollouts", lambda p, r=r, current=current: _collect(
-            {"episodes": r_cfg["episodes"], "task": task, "seed": seed + ROUND_SEED_STRIDE * r}, p, "policy",
+            {"episodes": r_cfg["episodes"], "task": task, "env_overrides": env_over,
+             "seed": seed + ROUND_SEED_STRIDE * r}, p, "policy",
             [f"policy_path={current}", f"intervener={r_cfg['intervener']}",
              f"policy_name={'base' if r == 1 else f'round_{r - 1}'}", f"device={device}", *r_cfg["overrides"]]))
         data.append(str(rollouts))

@@ -18,11 +18,23 @@ is ours when it holds ``vla_adapter.json`` (written by ``save_pretrained``), or 
 
 What each LeRobot type supports (caller-given noise and time matter for AWM/APO):
 
-| type      | sample(noise=)                        | loss(noise=, t=, reduction="none")              |
-| diffusion | yes: observation encoded once per ctx | yes: DDPM ``add_noise`` + U-Net at given eps, t |
-| pi0, pi05 | yes: predict_action_chunk on N copies | yes: inner flow model ``forward(noise, time)``  |
-| smolvla   | yes: predict_action_chunk on N copies | yes: ``forward(noise=, time=, reduction=)``     |
-| others    | noise=None only                       | only if ``forward`` takes ``reduction``         |
+| type      | sample(noise=)                        | sample(init=, t_start=)          | loss(noise=, t=, reduction="none")              |
+| diffusion | yes: observation encoded once per ctx | yes: DDPM-noised to the timestep | yes: DDPM ``add_noise`` + U-Net at given eps, t |
+| pi0, pi05 | yes: predict_action_chunk on N copies | yes: Euler from t_start          | yes: inner flow model ``forward(noise, time)``  |
+| smolvla   | yes: predict_action_chunk on N copies | yes: Euler from t_start          | yes: ``forward(noise=, time=, reduction=)``     |
+| others    | noise=None only                       | no                               | only if ``forward`` takes ``reduction``         |
+
+So every command serves diffusion, pi0, pi0.5 and SmolVLA; a type without a generative head (ACT,
+VQ-BeT...) serves evaluation and deployment without a critic and behaviour cloning, and says so in
+one line when given re-ranking, the dual system, AWM or APO (``vla.types.require_generative``).
+
+Partial denoising (``t_start`` < 1, Hume's System 1 refining a chosen chunk): diffusion runs the
+scheduler's own steps from the one matching ``t_start`` (``floor(t_start*T)``, as our diffusion head
+does) on the chunk noised there by ``add_noise``. The flow types start their Euler integration at
+``t_start`` from ``t_start*eps + (1-t_start)*a``: LeRobot's ``sample_actions`` always integrates from
+t = 1 through the module-level ``euler_integrate``, so the adapter wraps that function once with one
+that starts at the time set for the calling thread (``_partial_time``) and delegates unchanged at
+t = 1. ``init=None`` with ``t_start`` < 1 starts from the normalised zero chunk.
 The pi0 family recomputes its vision-language prefix for each of the N copies (sharing the prefix
 KV cache across candidates would need LeRobot internals; not done yet).
 
@@ -47,6 +59,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from vla.errors import CheckpointError, ConfigError, DataError, ShapeError
-from vla.types import ACTION, IMAGE_PREFIX, STATE, TASK, Batch
+from vla.types import ACTION, IMAGE_PREFIX, STATE, TASK, WITHOUT_GENERATIVE_HEAD, Batch
 
 ADAPTER_FILE = "vla_adapter.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "policy_preprocessor.json", "policy_postprocessor.json")
@@ -65,6 +79,7 @@ ENV_STATE = "observation.environment_state"
 LANG_TOKENS, LANG_MASK = "observation.language.tokens", "observation.language.attention_mask"
 # Types whose sampler is known to honour caller-given noise (others may silently ignore it).
 NOISE_TYPES = ("diffusion", "pi0", "pi05", "smolvla")
+FLOW_TYPES = ("pi0", "pi05", "smolvla")
 
 
 def resolve_lerobot_checkpoint(path: str | Path) -> Path:
@@ -92,12 +107,16 @@ def is_lerobot_checkpoint(path: str | Path) -> bool:
 
 def build_lerobot_policy(cfg: dict, features: dict | None = None, stats: dict | None = None):
     """From the ``configs/policy/lerobot.yaml`` group: load ``cfg["path"]``. The checkpoint keeps its
-    own normalisation stats (``stats`` is accepted for a uniform builder signature and not used)."""
+    own normalisation stats (``stats`` is accepted for a uniform builder signature and not used) and
+    chunk length (a ``chunk_len`` in ``cfg`` must match it)."""
     if not cfg.get("path"):
         raise ConfigError("policy=lerobot needs policy.path=<LeRobot checkpoint dir>")
     policy = LeRobotChunkPolicy.from_pretrained(cfg["path"], cfg.get("device", "cpu"), cfg.get("rename_map"))
+    if cfg.get("chunk_len") not in (None, policy.chunk_len):
+        raise ConfigError(f"policy.chunk_len={cfg['chunk_len']}, but the LeRobot {policy.policy_type} checkpoint "
+                          f"{cfg['path']} makes chunks of {policy.chunk_len} (leave it null)")
     if features is not None:
-        policy.check_compatible(features)
+        policy.check_compatible(features, where="the dataset")
     return policy
 
 
@@ -105,8 +124,42 @@ def build_lerobot_policy(cfg: dict, features: dict | None = None, stats: dict | 
 class LeRobotContext:
     batch: dict                      # preprocessed observation batch (normalised, tokenised), on device
     size: int                        # B
+    raw: dict                        # the raw observation batch: init chunks are preprocessed with it
     global_cond: Tensor | None = None  # diffusion only: (B, Dc), the encoded observation
     relative_states: list = field(default_factory=list)  # state cached by relative-action steps
+
+
+_PARTIAL = threading.local()  # .t_start: where the wrapped euler_integrate starts, for this thread
+
+
+@contextmanager
+def _partial_time(t_start: float):
+    _PARTIAL.t_start = float(t_start)
+    try:
+        yield
+    finally:
+        _PARTIAL.t_start = 1.0
+
+
+def _install_partial_euler(module) -> None:
+    """Wrap ``module.euler_integrate`` (LeRobot's flow sampler loop) once, so that a sample taken
+    under ``_partial_time(t)`` integrates from t instead of 1; at t = 1 the original runs."""
+    original = getattr(module, "euler_integrate", None)
+    if original is None or getattr(original, "_vla_partial", False):
+        return
+
+    def euler_integrate(denoise_fn, noise, num_steps, **kwargs):
+        t_start = getattr(_PARTIAL, "t_start", 1.0)
+        if t_start >= 1.0:
+            return original(denoise_fn, noise, num_steps, **kwargs)
+        x, dt = noise, t_start / num_steps  # x is x_{t_start}; same step count as from t = 1
+        for i in range(num_steps):
+            t = torch.full((x.shape[0],), t_start - i * dt, dtype=torch.float32, device=x.device)
+            x = x - dt * denoise_fn(x, t)  # v = eps - a: dx/dt = v, integrated towards t = 0
+        return x
+
+    euler_integrate._vla_partial = True
+    module.euler_integrate = euler_integrate
 
 
 def _seeded_generator(noise: Tensor, purpose: bytes) -> torch.Generator:
@@ -164,6 +217,10 @@ class LeRobotChunkPolicy(nn.Module):
         self._our_key = {theirs: ours for m in renames for ours, theirs in m.items()}
         features = {self._our_key.get(k, k): list(v.shape)
                     for k, v in {**cfg.input_features, **cfg.output_features}.items() if ".empty_camera_" not in k}
+        self.execute_steps: int = max(1, min(int(getattr(cfg, "n_action_steps", None) or self.chunk_len),
+                                             self.chunk_len))
+        if self.policy_type in FLOW_TYPES:
+            _install_partial_euler(sys.modules[type(policy.model).__module__])
         self.source = source  # provenance only: not in ``config``, which must match on resume
         self.config = {"type": "lerobot", "policy_type": self.policy_type, "chunk_len": self.chunk_len,
                        "action_dim": self.action_dim, "features": features}
@@ -171,6 +228,25 @@ class LeRobotChunkPolicy(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.policy.parameters()).device
+
+    @property
+    def features(self) -> dict[str, tuple[int, ...]]:
+        """{our key: shape} the policy reads and writes (images (3, H, W), as LeRobot records them)."""
+        return {k: tuple(v) for k, v in self.config["features"].items()}
+
+    def __str__(self) -> str:
+        return f"the LeRobot '{self.policy_type}' policy"
+
+    @property
+    def generative(self) -> bool:
+        """Whether sampling honours caller-given noise and start times (re-ranking, dual system, AWM, APO)."""
+        return self.policy_type in NOISE_TYPES
+
+    def sample_time(self, batch_size: int, device) -> Tensor:
+        """t (B,) as the policy trains: the flow types' own Beta draw, uniform timesteps for diffusion."""
+        if self.policy_type in FLOW_TYPES:
+            return self.policy.model.sample_time(batch_size, device)
+        return torch.rand(batch_size, device=device)
 
     # --- loading and saving --------------------------------------------------------------------
     @classmethod
@@ -220,10 +296,10 @@ class LeRobotChunkPolicy(nn.Module):
         tmp.rename(directory)
         shutil.rmtree(old, ignore_errors=True)
 
-    def check_compatible(self, features: dict[str, tuple]) -> None:
-        """ShapeError naming the first feature the policy needs that ``features`` lacks or sizes
-        differently. Images are (3, H, W) or (H, W, 3); their size only matters for diffusion
-        without ``resize_shape`` (the others resize)."""
+    def check_compatible(self, features: dict[str, tuple], where: str = "the data/env") -> None:
+        """ShapeError naming the first feature the policy needs that ``features`` (of ``where``) lacks
+        or sizes differently. Images are (3, H, W) or (H, W, 3); their size only matters for
+        diffusion without ``resize_shape`` (the others resize)."""
         cfg = self.policy.config
         exact_images = self.policy_type == "diffusion" and getattr(cfg, "resize_shape", None) is None
         for theirs, ft in {**cfg.input_features, **cfg.output_features}.items():
@@ -231,15 +307,18 @@ class LeRobotChunkPolicy(nn.Module):
                 continue
             key, want = self._our_key.get(theirs, theirs), tuple(ft.shape)
             if key not in features:
-                raise ShapeError(f"the LeRobot {self.policy_type} policy needs '{key}' {want}; the data/env "
+                raise ShapeError(f"the LeRobot {self.policy_type} policy needs '{key}' {want}; {where} "
                                  f"has only {sorted(features)}")
-            have = tuple(features[key])
+            have = features[key]
+            have = tuple(int(x) for x in (have["shape"] if isinstance(have, dict) else have))
             if key.startswith(IMAGE_PREFIX):
                 have = (have[2], have[0], have[1]) if len(have) == 3 and have[-1] == 3 != have[0] else have
                 if have[:1] != want[:1] or (exact_images and have != want):
-                    raise ShapeError(f"'{key}' is {have} but the LeRobot {self.policy_type} policy expects {want}")
+                    raise ShapeError(f"'{key}' is {have} in {where} but the LeRobot {self.policy_type} policy "
+                                     f"expects {want}")
             elif have != want:
-                raise ShapeError(f"'{key}' is {have} but the LeRobot {self.policy_type} policy expects {want}")
+                raise ShapeError(f"'{key}' is {have} in {where} but the LeRobot {self.policy_type} policy "
+                                 f"expects {want}")
 
     # --- ChunkPolicy ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -252,26 +331,44 @@ class LeRobotChunkPolicy(nn.Module):
             with self._eval_mode():
                 cond = self.policy.diffusion._prepare_global_conditioning(self._diffusion_obs(batch))
         states = [s.get_cached_state() for s in self._relative_steps]
-        return LeRobotContext(batch=batch, size=size, global_cond=cond, relative_states=states)
+        raw = {k: v for k, v in obs.items() if k.startswith("observation.") or k == TASK}
+        return LeRobotContext(batch=batch, size=size, raw=raw, global_cond=cond, relative_states=states)
 
     @torch.no_grad()
-    def sample(self, ctx: LeRobotContext, n: int = 1, noise: Tensor | None = None) -> Tensor:
-        """(B, N, H, Da) raw action chunks; ``noise`` (B, N, H, Da) or (B, N, Hm, Dm) fixes them."""
+    def sample(self, ctx: LeRobotContext, n: int = 1, noise: Tensor | None = None, init: Tensor | None = None,
+               t_start: float = 1.0) -> Tensor:
+        """(B, N, H, Da) raw action chunks; ``noise`` (B, N, H, Da) or (B, N, Hm, Dm) fixes them.
+        ``init`` (B, N, H, Da) raw and ``t_start`` < 1: denoise from ``init`` noised to t_start."""
         B, H, Da = ctx.size, self.chunk_len, self.action_dim
+        if not 0.0 < t_start <= 1.0:
+            raise ConfigError(f"sample: t_start must be in (0, 1], got {t_start}")
+        partial = init is not None or t_start < 1.0
+        if (noise is not None or partial) and not self.generative:
+            what = "caller-given noise" if noise is not None else "a start chunk or time"
+            raise ConfigError(f"{self} cannot sample from {what} (re-ranking, the dual system, AWM and APO "
+                              f"need that): {WITHOUT_GENERATIVE_HEAD}")
         eps = self._fit_noise(noise, (B, n))
+        if partial and eps is None:
+            eps = torch.randn((B, n, *self._noise_shape), device=self.device)
         flat = None if eps is None else eps.flatten(0, 1)  # (B*N, Hm, Dm), sample-major
+        a0 = self._start_chunk(ctx, n, init) if partial else None  # (B*N, Hm, Dm) normalised
         with self._eval_mode():
             if self.policy_type == "diffusion":
                 # Called below predict_action_chunk, which would re-encode the images for every
                 # candidate and keep only n_action_steps of the chunk.
                 gen = None if noise is None else _seeded_generator(noise, b"ddpm-steps")  # DDPM draws too
-                full = self.policy.diffusion.conditional_sample(
-                    B * n, global_cond=ctx.global_cond.repeat_interleave(n, dim=0), generator=gen, noise=flat)
+                cond = ctx.global_cond.repeat_interleave(n, dim=0)
+                if partial:
+                    full = self._diffusion_from(a0, flat, t_start, cond, gen)
+                else:
+                    full = self.policy.diffusion.conditional_sample(B * n, global_cond=cond, generator=gen,
+                                                                    noise=flat)
                 chunks = full[:, self._offset:self._offset + H]
+            elif partial:  # flow: x_{t_start} on the straight path, integrated from t_start
+                x = t_start * flat + (1.0 - t_start) * a0
+                with _partial_time(t_start):
+                    chunks = self.policy.predict_action_chunk(_repeat(ctx.batch, n, B), noise=x)
             else:
-                if flat is not None and self.policy_type not in NOISE_TYPES:
-                    raise ConfigError(f"caller-given noise is supported for LeRobot types {NOISE_TYPES}; "
-                                      f"'{self.policy_type}' may ignore it")
                 kwargs = {} if flat is None else {"noise": flat}
                 chunks = self.policy.predict_action_chunk(_repeat(ctx.batch, n, B), **kwargs)
         if tuple(chunks.shape) != (B * n, H, Da):
@@ -281,6 +378,39 @@ class LeRobotChunkPolicy(nn.Module):
             step._last_state = state  # relative->absolute must use this context's state, not the last seen
         raw = self.postprocessor(chunks.reshape(B, n * H, Da))  # the state offset broadcasts over N*H
         return raw.reshape(B, n, H, Da).to(self.device)
+
+    def _start_chunk(self, ctx: LeRobotContext, n: int, init: Tensor | None) -> Tensor:
+        """The chunk to noise to t_start, in the model's normalised space and shape (B*N, Hm, Dm):
+        ``init`` through the policy's own preprocessor (normalisation, relative actions), or zeros."""
+        B, H, Da = ctx.size, self.chunk_len, self.action_dim
+        full = torch.zeros((B * n, *self._noise_shape), device=self.device)
+        if init is None:
+            return full
+        if tuple(init.shape) != (B, n, H, Da):
+            raise ShapeError(f"sample init has shape {tuple(init.shape)}, expected (B, N, H, Da) = {(B, n, H, Da)}")
+        lb = self._preprocess({**_repeat(ctx.raw, n, B), ACTION: init.reshape(B * n, H, Da)}, with_action=True)
+        a = lb[ACTION].to(self.device, torch.float32)  # (B*N, H, Da)
+        full[:, self._offset:self._offset + H, :Da] = a
+        full[:, :self._offset, :Da] = a[:, :1]  # diffusion's past slots: the first action, as in the loss
+        if self.policy_type == "diffusion":
+            full[:, self._offset + H:, :Da] = a[:, -1:]
+        return full
+
+    def _diffusion_from(self, a0: Tensor, eps: Tensor, t_start: float, cond: Tensor, gen) -> Tensor:
+        """LeRobot's diffusion sampling loop from the scheduler step matching t_start: (B*N, horizon, Da)."""
+        d = self.policy.diffusion
+        sched = d.noise_scheduler
+        sched.set_timesteps(d.num_inference_steps)
+        T = sched.config.num_train_timesteps
+        k_start = min(int(t_start * T), T - 1)
+        steps = [k for k in sched.timesteps if int(k) <= k_start]
+        if not steps:
+            return a0
+        x = sched.add_noise(a0, eps, torch.full((a0.shape[0],), int(steps[0]), dtype=torch.long, device=a0.device))
+        for k in steps:
+            out = d.unet(x, torch.full(x.shape[:1], int(k), dtype=torch.long, device=x.device), global_cond=cond)
+            x = sched.step(out, k, x, generator=gen).prev_sample
+        return x
 
     def loss(self, batch: Batch, reduction: str = "mean", noise: Tensor | None = None,
              t: Tensor | None = None) -> Tensor:

@@ -108,6 +108,14 @@ class Run:
         return {name: self.stage(name, fn) for name, fn in todo}
 
 
+def env_spec(task: str, env_overrides: list[str] | None = None) -> tuple[str, dict]:
+    """The task name and env options of ``env=<task>`` with ``env_overrides`` (e.g. ``env.obs_mode=pixels``),
+    composed as the scripts compose them: every stage of a run sees the same env."""
+    import sim
+
+    return sim.env_options(compose_stage("collect", [f"env={task}", *(env_overrides or [])])["env"])
+
+
 def _collect(cfg: dict, out: Path, source: str, extra: list[str]) -> dict:
     from sim.collect import collect
     from vla.data import read_journal
@@ -115,8 +123,8 @@ def _collect(cfg: dict, out: Path, source: str, extra: list[str]) -> dict:
     have = len(read_journal(out)) if (out / "meta/info.json").exists() else 0
     want = int(cfg["episodes"]) - have
     if want > 0:
-        overrides = [f"env={cfg['task']}", f"source={source}", f"episodes={want}", f"out={out}",
-                     f"seed={cfg['seed']}", "progress=true", *extra]
+        overrides = [f"env={cfg['task']}", *cfg.get("env_overrides", []), f"source={source}", f"episodes={want}",
+                     f"out={out}", f"seed={cfg['seed']}", "progress=true", *extra]
         stage_cfg = compose_stage("collect", overrides)
         factory = None
         if source == "policy":  # as scripts/collect.py does
@@ -158,23 +166,24 @@ def run_pipeline(cfg: dict) -> Path:
     run = Run(cfg["out"])
     data = run.out / "data"
     task = cfg["task"]
+    env_over = list(cfg.get("env_overrides") or [])  # every stage sees the same env (e.g. cameras)
     atomic_write_json(run.out / "experiment.json", cfg)
 
     stages = {}
     d = cfg["demos"]
     stages["demos"] = run.stage("data/demos", lambda p: _collect(
-        {**d, "task": task, "seed": cfg["seed"]}, p, "expert",
+        {**d, "task": task, "env_overrides": env_over, "seed": cfg["seed"]}, p, "expert",
         [f"expert.noise={d['noise']}", f"expert.hesitation={d['hesitation']}",
          f"expert.wrong_first_attempt={d['wrong_first_attempt']}"]))
 
     demos = str(data / "demos")
     stages["base"] = run.stage("base", lambda p: _train(
-        [f"policy={cfg['base']['policy']}", f"env={task}", f"data=[{demos}]", *cfg["base"]["overrides"]], p))
+        [f"policy={cfg['base']['policy']}", f"env={task}", *env_over, f"data=[{demos}]", *cfg["base"]["overrides"]], p))
     base = str(run.out / "base")
 
     r = cfg["rollouts"]
     stages["rollouts"] = run.stage("data/rollouts", lambda p: _collect(
-        {**r, "task": task, "seed": int(cfg["seed"]) + 1000}, p, "policy",
+        {**r, "task": task, "env_overrides": env_over, "seed": int(cfg["seed"]) + 1000}, p, "policy",
         [f"policy_path={base}", f"intervener={r['intervener']}", "policy_name=base", *r["overrides"]]))
     both = f"[{demos},{data / 'rollouts'}]"
 
@@ -211,8 +220,9 @@ def run_pipeline(cfg: dict) -> Path:
 
     workers = int(cfg.get("workers") or 1)
     after_critic = ["awm"] if awm_critic else []
+    s1_policy = cfg["system1"].get("policy") or cfg["base"]["policy"]  # a small head of our own by default
     system1 = ("system1", lambda p: _train(
-        [f"policy={cfg['base']['policy']}", f"env={task}", f"data=[{demos}]", *cfg["system1"]["overrides"]], p))
+        [f"policy={s1_policy}", f"env={task}", *env_over, f"data=[{demos}]", *cfg["system1"]["overrides"]], p))
     stages.update(run.stages([("critic", train_critic), *[(m, refine(m)) for m in refine_methods
                                                            if m not in after_critic], system1], workers))
     evals = list(cfg["eval"]["methods"])
@@ -261,7 +271,8 @@ def evaluate_method(cfg: dict, method: str, out: Path, factory: Callable | None 
     e = cfg["eval"]
     factory = factory or _agent_factory(cfg, method)
     seeds = list(range(int(e["seed"]), int(e["seed"]) + int(e["episodes"])))
-    venv = sim.make_vector(cfg["task"], int(e.get("num_envs") or 1))
+    name, opts = env_spec(cfg["task"], cfg.get("env_overrides"))
+    venv = sim.make_vector(name, int(e.get("num_envs") or 1), **opts)
     try:
         result = evaluate(venv, factory, seeds)
     finally:
@@ -274,7 +285,10 @@ def evaluate_method(cfg: dict, method: str, out: Path, factory: Callable | None 
     if int(e.get("videos") or 0) > 0:
         import imageio.v3 as iio
 
-        env = sim.make(cfg["task"], render_mode="rgb_array", image_size=int(e.get("video_size", 128)))
+        # the policy's cameras keep their size; a state-only policy's video is rendered at video_size
+        cameras = opts.get("obs_mode", "state") != "state"
+        env = sim.make(name, **{**opts, "render_mode": "rgb_array",
+                                **({} if cameras else {"image_size": int(e.get("video_size", 128))})})
         for seed in seeds[: int(e["videos"])]:
             ep = run_episode(env, factory(), seed=seed, record_video=True)
             path = out / f"seed{seed}_{'success' if ep.success else 'failure'}.gif"

@@ -128,6 +128,22 @@ class VLAPolicy(nn.Module):
     def device(self) -> torch.device:
         return self.expert.pos.device
 
+    generative = True  # flow and diffusion heads sample from caller-given noise, init and t_start
+
+    def __str__(self) -> str:
+        return f"the VLA {self.cfg.head} policy"
+
+    @property
+    def execute_steps(self) -> int:
+        return min(int(self.cfg.execute_steps), self.chunk_len)
+
+    @property
+    def features(self) -> dict[str, tuple[int, ...]]:
+        return {**self.encoder.features, ACTION: (self.action_dim,)}
+
+    def sample_time(self, batch_size: int, device) -> Tensor:
+        return self.head.sample_time(batch_size, device)
+
     def encode(self, obs: Batch) -> VLAContext:
         """Prefix tokens and their per-layer expert K/V for a raw observation batch."""
         self.encoder.check_batch(obs)
@@ -151,7 +167,8 @@ class VLAPolicy(nn.Module):
 
         noise (B, N, H, Da): the starting noise (drawn if None), for reproducibility.
         init (B, N, H, Da), t_start in (0, 1]: start from ``init`` (raw) noised to t_start
-        instead of pure noise (e.g. a dual system refining a chosen chunk).
+        instead of pure noise (e.g. a dual system refining a chosen chunk); without ``init``,
+        t_start < 1 starts from the normalised zero chunk noised to t_start.
         use_cache=False re-projects the prefix at every step (reference path, for tests/benchmarks).
         """
         B, H, Da = ctx.batch_size, self.chunk_len, self.action_dim
@@ -162,13 +179,15 @@ class VLAPolicy(nn.Module):
                 f"sample noise has shape {tuple(noise.shape)}, expected (B, N, H, Da) = {(B, n, H, Da)}"
             )
         x = noise.to(self.device, torch.float32).reshape(B * n, H, Da)
+        if not 0.0 < t_start <= 1.0:
+            raise ConfigError(f"sample: t_start must be in (0, 1], got {t_start}")
         if init is not None:
             if tuple(init.shape) != (B, n, H, Da):
                 raise ShapeError(f"sample init has shape {tuple(init.shape)}, expected {(B, n, H, Da)}")
             a0 = self.normalizer.normalize(ACTION, init.to(self.device, torch.float32)).reshape(B * n, H, Da)
             x = self.head.renoise(a0, x, t_start)
-        elif t_start != 1.0:
-            raise ConfigError("sample: t_start < 1 needs an init chunk to start from")
+        elif t_start < 1.0:
+            x = self.head.renoise(torch.zeros_like(x), x, t_start)
 
         if use_cache:
             kv, mask = self.expert.repeat_kv(ctx.kv, ctx.mask, n)

@@ -19,14 +19,13 @@ log = logging.getLogger(__name__)
 
 def _policy_sizes(policy, state_dim, cameras):
     """The state size and cameras a policy was trained with (checked against the robot at hello):
-    given explicitly, or read from the policy's ``cfg.features`` ({key: shape}) when it has them."""
-    features = getattr(getattr(policy, "cfg", None), "features", None) or {}
-    if state_dim is None:
-        state = features.get(STATE)
-        state_dim = int(state[0]) if state is not None else getattr(policy, "state_dim", None)
+    given explicitly, or read from the policy's ``features`` ({key: shape}, the ChunkPolicy contract)."""
+    features = policy.features
+    if state_dim is None and STATE in features:
+        state_dim = int(features[STATE][0])
     if cameras is None:
-        cameras = [k for k in features if k.startswith(IMAGE_PREFIX)] or getattr(policy, "image_keys", None)
-    return state_dim, None if cameras is None else [c for c in cameras if c.startswith(IMAGE_PREFIX)]
+        cameras = [k for k in features if k.startswith(IMAGE_PREFIX)]
+    return state_dim, [c for c in cameras if c.startswith(IMAGE_PREFIX)]
 
 
 class PlannerSource:
@@ -59,9 +58,7 @@ class RerankerSource:
         self.chunk_len = int(reranker.policy.chunk_len)
         self.action_dim = int(reranker.policy.action_dim)
         self.state_dim, self.cameras = _policy_sizes(reranker.policy, state_dim, cameras)
-        from vla.agent import execute_steps_for
-
-        self.execute_steps = execute_steps_for(reranker.policy)  # advertised to clients that do not set their own
+        self.execute_steps = int(reranker.policy.execute_steps)  # advertised to clients that do not set their own
 
     def reset(self) -> None:
         if self.seed is not None:

@@ -21,7 +21,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from vla.errors import ConfigError, ShapeError, VLAError
+from vla.errors import ConfigError, VLAError
 
 log = logging.getLogger("vla.evaluate")
 
@@ -30,7 +30,7 @@ def evaluate_policy(cfg: dict) -> dict:
     """Run the evaluation that ``cfg`` (configs/evaluate.yaml) describes; returns the metrics."""
     import sim
     from policies import load_policy
-    from vla.agent import ChunkAgent, execute_steps_for
+    from vla.agent import ChunkAgent, check_env, execute_steps_for
     from vla.checkpoint import atomic_write_json
     from vla.rollout import evaluate, run_episode, wilson_interval
     from vla.train import set_threads
@@ -50,7 +50,7 @@ def evaluate_policy(cfg: dict) -> dict:
     set_threads(int(cfg.get("threads") or 0), device)
     policy = load_policy(cfg["policy_path"], device=device)
     probe = sim.make(name, **opts)
-    check_features(policy, probe, name)
+    check_env(policy, probe, f"env '{name}'")
     cameras = [k for k in probe.observation_space.spaces if k.startswith("observation.images.")]
     probe.close()
     make_planner = _planner_factory(cfg, policy, device)
@@ -89,16 +89,6 @@ def evaluate_policy(cfg: dict) -> dict:
     _plot(metrics, out / "success.png")
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
-
-
-def check_features(policy, env, name: str) -> None:
-    """ShapeError naming the feature where the env's observation or action disagrees with the policy."""
-    features = {k: s.shape for k, s in env.observation_space.spaces.items() if getattr(s, "shape", None)}
-    features["action"] = env.action_space.shape
-    if hasattr(policy, "check_compatible"):
-        policy.check_compatible(features, where=f"env '{name}'")
-    elif tuple(features["action"]) != (policy.action_dim,):
-        raise ShapeError(f"action: the policy makes ({policy.action_dim},), env '{name}' takes {features['action']}")
 
 
 def _planner_factory(cfg: dict, policy, device: str):

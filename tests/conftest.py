@@ -11,3 +11,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)  # tiny test models: threads cost more than they give
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# shared helpers next to the tests (tiny_lerobot.py); pytest runs with --import-mode=importlib
+sys.path.insert(0, str(Path(__file__).parent))

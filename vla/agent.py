@@ -13,11 +13,16 @@ from vla.types import ChunkPolicy
 
 
 def execute_steps_for(policy: ChunkPolicy, override: int | None = None) -> int:
-    """Actions executed per chunk: ``override``, else the policy's own ``execute_steps`` hint (its
-    ``config``), else its whole chunk."""
-    config = getattr(policy, "config", None)
-    own = config.get("execute_steps") if isinstance(config, dict) else None
-    return int(override or own or policy.chunk_len)
+    """Actions executed per chunk: ``override``, else the policy's own ``execute_steps``."""
+    return int(override or policy.execute_steps)
+
+
+def check_env(policy: ChunkPolicy, env, where: str) -> None:
+    """ShapeError naming the feature where a Gymnasium env's observation or action disagrees with
+    the policy (before any episode runs)."""
+    features = {k: s.shape for k, s in env.observation_space.spaces.items() if getattr(s, "shape", None)}
+    features["action"] = env.action_space.shape
+    policy.check_compatible(features, where=where)
 
 
 @runtime_checkable
@@ -76,9 +81,12 @@ class ChunkAgent:
         elif self.chunk_fn is not None:
             chunk = self.chunk_fn(batch)[0].detach().cpu().numpy()
         else:
-            noise = torch.randn(1, 1, self.policy.chunk_len, self.policy.action_dim, generator=self._gen)
             ctx = self.policy.encode(batch)
-            chunk = self.policy.sample(ctx, n=1, noise=noise.to(self.device))[0, 0].cpu().numpy()
+            noise = None  # a policy without a generative head samples deterministically
+            if self.policy.generative:
+                noise = torch.randn(1, 1, self.policy.chunk_len, self.policy.action_dim, generator=self._gen)
+                noise = noise.to(self.device)
+            chunk = self.policy.sample(ctx, n=1, noise=noise)[0, 0].cpu().numpy()
         self.decisions.append({"step": self._t, **info})
         return np.asarray(chunk, dtype=np.float32)
 

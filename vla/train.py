@@ -465,6 +465,10 @@ def train_policy(cfg: Mapping, build_policy: Callable) -> Path:
     policy_cfg = dict(cfg["policy"])
     if "chunk_len" not in policy_cfg:
         raise ConfigError("the policy config has no 'chunk_len'")
+    policy = None
+    if policy_cfg["chunk_len"] is None:  # a pretrained checkpoint (e.g. LeRobot's) knows its own
+        policy = build_policy(policy_cfg, None, None)
+        policy_cfg["chunk_len"] = policy.chunk_len
     data = [cfg["data"]] if isinstance(cfg["data"], str) else list(cfg["data"])
     train_cfg = TrainConfig.from_dict({
         **dict(cfg.get("train") or {}),
@@ -474,7 +478,10 @@ def train_policy(cfg: Mapping, build_policy: Callable) -> Path:
     dataset = ChunkDataset(data, chunk_len=int(policy_cfg["chunk_len"]), obs_keys=policy_cfg.get("observation_keys"))
     log.info("data: %d frames in %d episodes from %s", len(dataset), dataset.num_episodes, data)
     torch.manual_seed(train_cfg.seed)  # same initial weights for the same seed (and for a resumed run)
-    policy = build_policy(policy_cfg, dataset.features, compute_stats(dataset))
+    if policy is None:
+        policy = build_policy(policy_cfg, dataset.features, compute_stats(dataset))
+    else:
+        policy.check_compatible(dataset.features, where=f"data {data}")
     trainer = Trainer(policy, bc_loss, dataset, train_cfg, cfg["out"], run_config=cfg)
     trainer.fit()
     return Path(cfg["out"])

@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from fakes import FakePolicy
 
 from critics.rerank import Feasibility, RerankConfig, Reranker
 from vla.agent import ChunkAgent
 from vla.errors import ConfigError
 
 
-class ListPolicy:
+class ListPolicy(FakePolicy):
     """Candidate n is the constant chunk of value n/10 (plus the caller's noise times 0), so indices are known."""
 
     chunk_len, action_dim = 4, 2

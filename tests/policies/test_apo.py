@@ -54,6 +54,11 @@ class TinyFlow(nn.Module):
     def velocity(self, state, x, t):
         return self.net(torch.cat([state, x.flatten(1), t[:, None]], dim=1)).view(-1, H, DA)
 
+    generative = True
+
+    def sample_time(self, n, device):
+        return torch.rand(n, device=device)  # uniform, as the objectives' draws assume
+
     def loss(self, batch, reduction="mean", noise=None, t=None):
         a = batch["action"]
         noise = torch.randn_like(a) if noise is None else noise

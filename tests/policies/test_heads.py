@@ -268,8 +268,12 @@ def test_sampling_can_start_from_a_chunk_at_partial_noise(head):
     out = policy.sample(ctx, 3, noise, init=init, t_start=0.5)
     assert out.shape == (2, 3, H, DA)
     assert not torch.allclose(out, policy.sample(ctx, 3, noise))
+    # without init, the start is the chunk that normalises to zero (the contract in vla/types.py)
+    zero = policy.normalizer.unnormalize("action", torch.zeros(2, 3, H, DA))
+    assert torch.allclose(policy.sample(ctx, 3, noise, t_start=0.5),
+                          policy.sample(ctx, 3, noise, init=zero, t_start=0.5), atol=1e-5)
     with pytest.raises(ConfigError, match="t_start"):
-        policy.sample(ctx, 3, noise, t_start=0.5)
+        policy.sample(ctx, 3, noise, init=init, t_start=0.0)
 
 
 def test_check_compatible_names_the_feature():

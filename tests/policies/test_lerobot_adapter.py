@@ -18,13 +18,10 @@ from vla.errors import CheckpointError, ConfigError, DataError, ShapeError
 from vla.types import ChunkPolicy
 
 pytest.importorskip("lerobot")
-from lerobot.configs.types import FeatureType, PolicyFeature  # noqa: E402
-from lerobot.policies.factory import make_pre_post_processors  # noqa: E402
+import tiny_lerobot  # noqa: E402  (tests/tiny_lerobot.py)
 
 DS, DA, IMG = 4, 2, 32
 ACT_LO, ACT_HI = torch.tensor([10.0, -1.0]), torch.tensor([20.0, 1.0])
-WORDS = ["<pad>", "<unk>", "<bos>", "<eos>", "<fake_token_around_image>", "<global-img>", "<image>",
-         "<end_of_utterance>", "pick", "place", "the", "red", "blue", "cube"]
 
 
 def _stats(lo: torch.Tensor, hi: torch.Tensor) -> dict:
@@ -34,16 +31,7 @@ def _stats(lo: torch.Tensor, hi: torch.Tensor) -> dict:
 STATS = {"observation.state": _stats(-torch.ones(DS), torch.ones(DS)), "action": _stats(ACT_LO, ACT_HI),
          "observation.images.front": {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25),
                                       "min": torch.zeros(3, 1, 1), "max": torch.ones(3, 1, 1)}}
-FEATURES = {"input_features": {"observation.state": PolicyFeature(FeatureType.STATE, (DS,)),
-                               "observation.images.front": PolicyFeature(FeatureType.VISUAL, (3, IMG, IMG))},
-            "output_features": {"action": PolicyFeature(FeatureType.ACTION, (DA,))}}
-
-
-def _save(policy, directory, **kw):
-    pre, post = make_pre_post_processors(policy.config, dataset_stats=STATS, **kw)
-    for part in (policy, pre, post):
-        part.save_pretrained(directory)
-    return directory
+FEATURES = {"observation.state": (DS,), "observation.images.front": (3, IMG, IMG), "action": (DA,)}
 
 
 def _batch(B: int, H: int, seed: int = 0) -> dict:
@@ -59,32 +47,10 @@ def _obs(batch: dict) -> dict:
     return {k: v for k, v in batch.items() if k.startswith("observation.") or k == "task"}
 
 
-def _tokenizer_dir(path):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    specials = {"fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>",
-                "image_token": "<image>", "end_of_utterance_token": "<end_of_utterance>"}
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<bos>",
-                                  eos_token="<eos>", extra_special_tokens=specials)
-    tok.save_pretrained(path)
-    return tok
-
-
 # --- diffusion -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def diffusion_dir(tmp_path_factory):
-    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
-    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
-
-    torch.manual_seed(0)
-    cfg = DiffusionConfig(**FEATURES, n_obs_steps=2, horizon=8, n_action_steps=4, down_dims=(16, 32),
-                          kernel_size=3, n_groups=4, diffusion_step_embed_dim=16, pretrained_backbone_weights=None,
-                          use_group_norm=True, spatial_softmax_num_keypoints=4, num_inference_steps=4,
-                          crop_shape=None, device="cpu")
-    return _save(DiffusionPolicy(cfg), tmp_path_factory.mktemp("lerobot_diffusion"))
+    return tiny_lerobot.build_diffusion(FEATURES, STATS, tmp_path_factory.mktemp("lerobot_diffusion"))
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +95,38 @@ def test_diffusion_sample_matches_lerobot_predict_action_chunk(diffusion_dir):
     adapter.policy.reset()
     theirs = adapter.postprocessor(adapter.policy.predict_action_chunk(hist, noise=full_noise[:, 0]))
     assert torch.allclose(ours[:, :4], theirs, atol=1e-5)  # LeRobot keeps n_action_steps=4 of them
+
+
+def _check_partial(adapter: LeRobotChunkPolicy, H: int, close: float):
+    """sample(init=, t_start=): from a chunk noised a little, denoising ends near that chunk (through
+    the policy's own normalisation and, for pi0 here, relative actions); fixed noise fixes it."""
+    obs = _obs(_batch(2, H, seed=5))
+    ctx = adapter.encode(obs)
+    g = torch.Generator().manual_seed(4)
+    init = (ACT_LO + (ACT_HI - ACT_LO) * (0.25 + 0.5 * torch.rand(2, 3, H, DA, generator=g)))
+    noise = torch.randn(2, 3, H, DA, generator=g)
+    near = adapter.sample(ctx, n=3, noise=noise, init=init, t_start=0.005)
+    assert near.shape == (2, 3, H, DA)
+    assert ((near - init).abs() / (ACT_HI - ACT_LO)).max() < close
+    far = adapter.sample(ctx, n=3, noise=noise, init=init, t_start=0.9)
+    assert ((far - init).abs() / (ACT_HI - ACT_LO)).max() > close  # started from mostly noise
+    assert torch.equal(far, adapter.sample(ctx, n=3, noise=noise.clone(), init=init.clone(), t_start=0.9))
+    # without init, below t = 1 it starts from the normalised zero chunk; t = 1 is plain sampling
+    assert adapter.sample(ctx, n=3, noise=noise, t_start=0.5).shape == (2, 3, H, DA)
+    if adapter.policy_type != "diffusion":
+        assert torch.allclose(adapter.sample(ctx, n=3, noise=noise, init=init, t_start=1.0),
+                              adapter.sample(ctx, n=3, noise=noise), atol=1e-5)
+    with pytest.raises(ShapeError, match="init"):
+        adapter.sample(ctx, n=3, noise=noise, init=init[:, :2], t_start=0.5)
+    with pytest.raises(ConfigError, match="t_start"):
+        adapter.sample(ctx, n=3, noise=noise, init=init, t_start=0.0)
+    assert adapter.execute_steps <= adapter.chunk_len and set(adapter.features) >= {"action", "observation.state"}
+    t = adapter.sample_time(64, "cpu")
+    assert t.shape == (64,) and 0 <= float(t.min()) and float(t.max()) <= 1
+
+
+def test_diffusion_partial_denoising(diffusion):
+    _check_partial(diffusion, H=7, close=0.05)
 
 
 def test_diffusion_loss_per_sample_deterministic_and_masked(diffusion):
@@ -246,19 +244,17 @@ def test_weights_that_do_not_load_fail_loudly(diffusion_dir, tmp_path):
 
 def test_other_lerobot_types_work_where_they_can_and_say_where_not(tmp_path):
     """ACT has no noise and no per-sample loss: sampling and the mean loss work, the rest fails clearly."""
-    from lerobot.policies.act.configuration_act import ACTConfig
-    from lerobot.policies.act.modeling_act import ACTPolicy
-
-    cfg = ACTConfig(**FEATURES, chunk_size=4, n_action_steps=4, dim_model=16, n_heads=2, dim_feedforward=32,
-                    n_encoder_layers=1, n_decoder_layers=1, use_vae=False, pretrained_backbone_weights=None,
-                    device="cpu")
-    act = LeRobotChunkPolicy.from_pretrained(_save(ACTPolicy(cfg), tmp_path / "act"))
+    act = LeRobotChunkPolicy.from_pretrained(tiny_lerobot.build_act(FEATURES, STATS, tmp_path / "act"))
     assert (act.chunk_len, act.action_dim) == (4, DA)
     batch = _batch(2, 4)
     ctx = act.encode(_obs(batch))
     assert act.sample(ctx, n=2).shape == (2, 2, 4, DA)
-    with pytest.raises(ConfigError, match="noise"):
+    with pytest.raises(ConfigError, match="noise") as e:
         act.sample(ctx, n=2, noise=torch.randn(2, 2, 4, DA))
+    assert "re-ranking" in str(e.value) and "evaluate.py" in str(e.value)  # which commands it serves
+    with pytest.raises(ConfigError, match="start chunk"):
+        act.sample(ctx, n=2, init=torch.zeros(2, 2, 4, DA), t_start=0.5)
+    assert act.execute_steps == 4 and not act.generative
     assert act.loss(batch).ndim == 0
     with pytest.raises(ConfigError, match="per-sample"):
         act.loss(batch, reduction="none")
@@ -270,27 +266,8 @@ def test_other_lerobot_types_work_where_they_can_and_say_where_not(tmp_path):
 @pytest.fixture(scope="module")
 def smolvla_dir(tmp_path_factory):
     pytest.importorskip("num2words")  # SmolVLMProcessor needs it (lerobot[smolvla] extra)
-    from lerobot.policies.smolvla.configuration_smolvla import SmolVLAConfig
-    from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
-    from transformers import SmolVLMConfig, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor
-
-    vlm = tmp_path_factory.mktemp("tiny_smolvlm")
-    tok = _tokenizer_dir(vlm)
-    image_proc = SmolVLMImageProcessor(size={"longest_edge": IMG}, max_image_size={"longest_edge": IMG},
-                                       do_image_splitting=False)
-    SmolVLMProcessor(image_processor=image_proc, tokenizer=tok, video_processor=SmolVLMVideoProcessor(),
-                     image_seq_len=4).save_pretrained(vlm)
-    SmolVLMConfig(text_config=dict(model_type="llama", vocab_size=len(WORDS), hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
-                                   pad_token_id=0),
-                  vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, image_size=IMG, patch_size=8),
-                  scale_factor=2, image_token_id=WORDS.index("<image>"), pad_token_id=0).save_pretrained(vlm)
-    torch.manual_seed(0)
-    cfg = SmolVLAConfig(**FEATURES, vlm_model_name=str(vlm), load_vlm_weights=False, num_vlm_layers=2,
-                        chunk_size=4, n_action_steps=4, max_state_dim=8, max_action_dim=8, tokenizer_max_length=8,
-                        resize_imgs_with_padding=(IMG, IMG), num_steps=3, device="cpu")
-    return _save(SmolVLAPolicy(cfg), tmp_path_factory.mktemp("lerobot_smolvla"))
+    return tiny_lerobot.build_smolvla(FEATURES, STATS, tmp_path_factory.mktemp("lerobot_smolvla"),
+                                      tmp_path_factory.mktemp("smolvlm"))
 
 
 def _check_flow_policy(adapter: LeRobotChunkPolicy, H: int, full_dim: int):
@@ -329,7 +306,8 @@ def _check_flow_policy(adapter: LeRobotChunkPolicy, H: int, full_dim: int):
 def test_smolvla_adapter(smolvla_dir, tmp_path):
     adapter = LeRobotChunkPolicy.from_pretrained(smolvla_dir)
     _check_flow_policy(adapter, H=4, full_dim=8)
-    adapter.eval().save_pretrained(tmp_path / "smolvla")
+    _check_partial(adapter.eval(), H=4, close=0.05)
+    adapter.save_pretrained(tmp_path / "smolvla")
     again = LeRobotChunkPolicy.from_pretrained(tmp_path / "smolvla")
     obs, noise = _obs(_batch(2, 4)), torch.randn(2, 3, 4, DA)
     assert torch.equal(adapter.sample(adapter.encode(obs), 3, noise), again.sample(again.encode(obs), 3, noise))
@@ -340,43 +318,13 @@ def test_smolvla_adapter(smolvla_dir, tmp_path):
 # --- pi0 / pi0.5 (PaliGemma sizes are hard-coded in LeRobot: patched here to a tiny model) ---------
 @pytest.fixture(scope="module", params=["pi0", "pi05"])
 def tiny_pi(request, tmp_path_factory):
-    """Build, save and load a tiny pi0 / pi0.5 with the size tables and the tokenizer name patched;
-    the patches stay active while the tests use it (LeRobot rebuilds the model when loading)."""
-    import importlib
-
-    from lerobot.processor import TokenizerProcessorStep
-
+    """A tiny pi0 / pi0.5 (pi0 with relative actions); the size patches stay active while the tests use
+    it (LeRobot rebuilds the model when loading)."""
     kind = request.param
-    modeling = importlib.import_module(f"lerobot.policies.{kind}.modeling_{kind}")
-    processor = importlib.import_module(f"lerobot.policies.{kind}.processor_{kind}")
-    config_cls = importlib.import_module(f"lerobot.policies.{kind}.configuration_{kind}")
-    config_cls = getattr(config_cls, "PI0Config" if kind == "pi0" else "PI05Config")
     tok_dir = tmp_path_factory.mktemp("tiny_tokenizer")
-    _tokenizer_dir(tok_dir)
-    gemma, paligemma = modeling.GemmaConfig, modeling.PaliGemmaForConditionalGenerationWithPiGemma
-
-    def tiny_gemma(variant):  # LeRobot's attention reshapes assume 8 heads
-        width = 32 if variant == "gemma_2b" else 16
-        return gemma(width=width, depth=1, mlp_dim=2 * width, num_heads=8, num_kv_heads=1, head_dim=4)
-
-    def tiny_paligemma(config):  # LeRobot sets a 2048-wide SigLIP projection: shrink the vision tower
-        v = config.vision_config
-        v.hidden_size, v.intermediate_size, v.num_hidden_layers, v.num_attention_heads, v.patch_size = 16, 32, 1, 2, 8
-        v.projection_dim = config.text_config.hidden_size
-        return paligemma(config)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(modeling, "get_gemma_config", tiny_gemma)
-        mp.setattr(modeling, "PaliGemmaForConditionalGenerationWithPiGemma", tiny_paligemma)
-        mp.setattr(processor, "TokenizerProcessorStep",
-                   lambda **kw: TokenizerProcessorStep(**{**kw, "tokenizer_name": str(tok_dir)}))
-        torch.manual_seed(0)
-        cfg = config_cls(**FEATURES, image_resolution=(IMG, IMG), chunk_size=4, n_action_steps=4, max_state_dim=8,
-                         max_action_dim=8, tokenizer_max_length=8, num_inference_steps=3, device="cpu",
-                         use_relative_actions=kind == "pi0")  # pi0 also covers relative actions
-        directory = _save(getattr(modeling, "PI0Policy" if kind == "pi0" else "PI05Policy")(cfg),
-                          tmp_path_factory.mktemp(f"lerobot_{kind}"))
-        yield kind, directory
+    tiny_lerobot.tokenizer_dir(tok_dir)
+    with tiny_lerobot.pi_patches(kind, tok_dir):
+        yield kind, tiny_lerobot.build_pi(kind, FEATURES, STATS, tmp_path_factory.mktemp(f"lerobot_{kind}"))
 
 
 def test_pi_family_adapter(tiny_pi, tmp_path):
@@ -384,6 +332,7 @@ def test_pi_family_adapter(tiny_pi, tmp_path):
     adapter = LeRobotChunkPolicy.from_pretrained(directory)
     assert adapter.policy_type == kind
     _check_flow_policy(adapter, H=4, full_dim=8)
+    _check_partial(adapter.eval(), H=4, close=0.05)
     # pi0's own loss ignores action_is_pad; the adapter averages the error over real steps only
     adapter.eval()
     batch, eps, t = _batch(2, 4), torch.randn(2, 4, 8), torch.tensor([0.3, 0.6])

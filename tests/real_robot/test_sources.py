@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from fakes import FakePolicy
 from websockets.sync.client import connect
 
 from critics.rerank import Feasibility, RerankConfig
@@ -13,7 +14,7 @@ from real_robot.server import PolicyServer
 from real_robot.sources import from_policy, from_reranker
 
 
-class ListPolicy:
+class ListPolicy(FakePolicy):
     """Candidate n is the constant chunk n/10, so the choice is readable from the chunk."""
 
     chunk_len, action_dim = 4, 2
@@ -50,7 +51,7 @@ def test_reranker_gets_the_last_executed_goal():
     with PolicyServer(source, port=0) as srv, connect(srv.url, proxy=None, compression=None) as c:
         c.send(encode("hello", robot=ROBOT))
         welcome = decode(c.recv(timeout=5))
-        assert welcome["policy"] == {"chunk_len": 4, "action_dim": 2, "state_dim": 3, "cameras": None, "name": "vgps",
+        assert welcome["policy"] == {"chunk_len": 4, "action_dim": 2, "state_dim": 3, "cameras": [], "name": "vgps",
                                      "execute_steps": 4}
         np.testing.assert_allclose(ask(c, 0), 0.9)  # no last goal yet: the critic's favourite
         np.testing.assert_allclose(ask(c, 1, last_action=[0.3, 0.3]), 0.5)  # the closest feasible to it

@@ -93,13 +93,13 @@ def test_train_policy_errors(demos, tmp_path):
 def test_evaluate_checks_features_before_any_rollout(trained):
     import sim
     from policies import load_policy
-    from scripts.evaluate import check_features
+    from vla.agent import check_env
 
     policy = load_policy(trained)
-    check_features(policy, sim.make("reach"), "reach")
+    check_env(policy, sim.make("reach"), "env 'reach'")
     with pytest.raises(ShapeError, match="observation.state"):
         # in pixel mode the state holds no object positions: shorter than the policy's
-        check_features(policy, sim.make("reach", obs_mode="pixels", image_size=16), "reach")
+        check_env(policy, sim.make("reach", obs_mode="pixels", image_size=16), "env 'reach'")
 
 
 def test_evaluate_with_a_bad_critic_path_is_a_clear_error(trained, tmp_path):

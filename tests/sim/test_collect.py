@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import FakePolicy
 
 import sim
 from sim.collect import collect
@@ -47,7 +48,7 @@ class BiasedExpert:
         return a
 
 
-class WanderPolicy:
+class WanderPolicy(FakePolicy):
     """A deliberately poor ChunkPolicy: plans chunks that drift randomly around the current TCP."""
 
     chunk_len, action_dim = 5, 4
@@ -112,9 +113,9 @@ def test_policy_interface_object_runs_with_a_receding_horizon(tmp_path):
 
 
 class HintedWander(WanderPolicy):
-    """Carries its own receding horizon (as a trained VLAPolicy does in ``config``) and counts plans."""
+    """Carries its own receding horizon (``execute_steps``, as every ChunkPolicy does) and counts plans."""
 
-    config = {"execute_steps": 2}
+    execute_steps = 2
 
     def __init__(self):
         self.plans = 0

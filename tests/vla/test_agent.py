@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from fakes import FakePolicy
 
 from vla.agent import ChunkAgent
 from vla.errors import ConfigError, DataError
 
 
-class CountingPolicy:
+class CountingPolicy(FakePolicy):
     """Each plan is the chunk [k, k+1, ...] offset by 100 * (number of plans so far)."""
 
     chunk_len, action_dim = 4, 1
