@@ -23,7 +23,8 @@ from real_robot.client import RemoteChunkSource, robot_spec
 from real_robot.control import AgentSource, ControlLoop, EpisodeResult, OperatorEvents, SystemClock
 from real_robot.guards import EmergencyStop, KeyBindings
 from real_robot.safety import SafetyFilter, SafetyLimits
-from vla.errors import ConfigError, ShapeError
+from vla.errors import ConfigError
+from vla.types import ChunkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,10 @@ def make_keys(deploy_cfg, estop: EmergencyStop, events: OperatorEvents) -> KeyBi
 
 
 def check_agent(agent, robot) -> None:
-    """A local agent's policy sizes against the robot, before any motion."""
-    policy = getattr(agent, "policy", None)
-    dim = getattr(policy, "action_dim", None)
-    if dim is not None and int(dim) != robot.action_dim:
-        raise ShapeError(f"policy action size {dim} != robot action size {robot.action_dim} ({robot.robot_type})")
-    state_dim = getattr(policy, "state_dim", None)
-    if state_dim is not None and (int(state_dim),) != tuple(robot.obs_spec["observation.state"]):
-        raise ShapeError(f"policy state size {state_dim} != robot state {robot.obs_spec['observation.state']}")
+    """A local agent's policy (one that plans with a ChunkPolicy) against the robot, before any motion."""
+    policy = getattr(agent, "policy", None)  # agents are of many kinds; a ChunkAgent carries its policy
+    if isinstance(policy, ChunkPolicy):
+        policy.check_compatible({**robot.obs_spec, "action": (robot.action_dim,)}, where=f"robot '{robot.robot_type}'")
 
 
 def remote_source(cfg, robot) -> RemoteChunkSource:
