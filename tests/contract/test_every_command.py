@@ -5,8 +5,10 @@ Commands: evaluate (plain and re-ranked), collect with the scripted intervener, 
 algorithm, train_critic with the policy, deploy in simulation (re-ranked and dual system), the robot
 server and client over the loopback, one round of the improvement loop, and the demo pipeline with
 ``policy=lerobot``. Each runs the job function its script runs, on the config the script composes
-(pi0 and pi0.5 only exist in-process, see conftest.py); the script files themselves run in the
-bad-input tests, which check the one-line error, the exit status and that nothing was written.
+(pi0 and pi0.5 only exist in-process, see conftest.py); a script file itself runs in the
+bad-input test, which checks the one-line error, the exit status and that nothing was written
+(every script reports a VLAError the same way). ``make test`` runs a subset (LeRobot kinds first);
+``pytest -m slow tests/contract`` the rest.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def kinds(default: tuple[str, ...]) -> list:
     """Every kind; those outside ``default`` are marked slow (``make test`` keeps within minutes; the
     rest runs with ``pytest -m slow``: our own kinds have their own tests of each command too)."""
     return [pytest.param(k, marks=() if k in default else SLOW) for k in KINDS]
+
+
 TRAIN = ["train.warmup_steps=0", "train.progress=false", "train.log_every=1"]
 
 
