@@ -35,6 +35,7 @@ import shlex
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common import PY, ROOT, emit, run
@@ -64,6 +65,13 @@ def stage(work: Path, name: str, cmd: list[str], record: dict) -> None:
     done.write_text(json.dumps(record[name]))
 
 
+def side_by_side(work: Path, todo: list[tuple[str, list[str]]], record: dict, jobs: int) -> None:
+    """Independent stages, ``jobs`` at a time (each command runs one torch thread)."""
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for done in [pool.submit(stage, work, name, cmd, record) for name, cmd in todo]:
+            done.result()
+
+
 def metrics(path: Path) -> dict:
     m = json.loads((path / "metrics.json").read_text())
     return {"success_rate": m["success_rate"], "ci95": m["ci95"], "episodes": m["episodes"],
@@ -84,6 +92,7 @@ def main() -> None:
     ap.add_argument("--critic-steps", type=int, default=1000)
     ap.add_argument("--episodes", type=int, default=50, help="evaluation episodes")
     ap.add_argument("--seed", type=int, default=20000, help="first evaluation seed (test split)")
+    ap.add_argument("--jobs", type=int, default=2, help="independent stages run side by side (2 cores: 2)")
     args = ap.parse_args()
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -103,30 +112,29 @@ def main() -> None:
                          "--policy.use_group_norm=true", "--seed=0", *SIZES[args.size]], stages)
     policy = base / "run"  # the adapter finds checkpoints/last/pretrained_model in a LeRobot run dir
 
-    def evaluate(name: str, path: Path, *extra: str) -> None:
-        out = work / "eval" / name
-        stage(work, f"eval_{name}", [PY, "scripts/evaluate.py", *ENV, f"policy_path={path}", *extra,
-                                     f"episodes={args.episodes}", f"seed={args.seed}", "num_envs=1", "videos=1",
-                                     f"out={out}", *dev], stages)
-        results[name] = metrics(out)
+    def evaluation(name: str, path: Path, *extra: str) -> tuple[str, list[str]]:
+        return f"eval_{name}", [PY, "scripts/evaluate.py", *ENV, f"policy_path={path}", *extra,
+                                f"episodes={args.episodes}", f"seed={args.seed}", "num_envs=1", "videos=1",
+                                f"out={work / 'eval' / name}", *dev]
 
-    results: dict = {}
-    evaluate("base", policy)  # first: the base's figure stands even if a later stage is cut short
+    stage(work, *evaluation("base", policy), stages)  # first: the base's figure stands if a later stage is cut short
     stage(work, "rollouts", [PY, "scripts/collect.py", *ENV, "source=policy", f"policy_path={policy}",
                              "policy_name=base", "intervener=scripted", f"episodes={args.rollouts}", "seed=1000",
                              f"out={rollouts}", "video=false", "progress=false", *dev], stages)
     data = f"data=[{demos},{rollouts}]"
-    stage(work, "critic", [PY, "scripts/train_critic.py", "critic=aloe", data, f"policy_path={policy}",
-                           f"out={work / 'critic'}", f"steps={args.critic_steps}", "batch_size=64",
-                           "critic.n_next=2", f"train.save_every={args.critic_steps}", "train.progress=false"], stages)
+    critic = [PY, "scripts/train_critic.py", "critic=aloe", data, f"policy_path={policy}", f"out={work / 'critic'}",
+              f"steps={args.critic_steps}", "batch_size=64", "critic.n_next=2", f"train.save_every={args.critic_steps}",
+              "train.progress=false"]
     refine = [f"steps={args.refine_steps}", f"batch_size={args.batch_size}", "train.lr=1e-4", "train.warmup_steps=50",
               f"train.save_every={args.refine_steps}", "train.progress=false"]
-    for algo, extra in (("awm", ["algo.advantage=mc"]), ("apo", []), ("hg_dagger", [])):
-        stage(work, algo, [PY, "scripts/finetune.py", f"algo={algo}", f"policy_path={policy}", data,
-                           f"out={work / algo}", *refine, *extra], stages)
-    for name in ("awm", "apo", "hg_dagger"):
-        evaluate(name, work / name)
-    evaluate("base_rerank", policy, f"critic_path={work / 'critic'}", "rerank.n=8")
+    side_by_side(work, [("critic", critic), *[
+        (algo, [PY, "scripts/finetune.py", f"algo={algo}", f"policy_path={policy}", data, f"out={work / algo}",
+                *refine, *extra]) for algo, extra in (("awm", ["algo.advantage=mc"]), ("apo", []), ("hg_dagger", []))]],
+        stages, args.jobs)
+    side_by_side(work, [*[evaluation(name, work / name) for name in ("awm", "apo", "hg_dagger")],
+                        evaluation("base_rerank", policy, f"critic_path={work / 'critic'}", "rerank.n=8")],
+                 stages, args.jobs)
+    results = {name: metrics(work / "eval" / name) for name in ("base", "awm", "apo", "hg_dagger", "base_rerank")}
     base_rate = results["base"]["success_rate"]
     for r in results.values():
         r["vs_base_points"] = round(100 * (r["success_rate"] - base_rate), 1)
