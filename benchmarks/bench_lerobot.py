@@ -65,6 +65,13 @@ def stage(work: Path, name: str, cmd: list[str], record: dict) -> None:
     done.write_text(json.dumps(record[name]))
 
 
+def dataset_summary(root: Path) -> dict:
+    """Episodes, success and intervention steps of a recorded dataset (its episode journal)."""
+    rows = [json.loads(line) for line in (root / "meta" / "vla_episodes.jsonl").read_text().splitlines() if line]
+    return {"episodes": len(rows), "success_rate": round(sum(r["success"] for r in rows) / max(1, len(rows)), 3),
+            "steps": sum(r["length"] for r in rows), "intervention_steps": sum(r["interventions"] for r in rows)}
+
+
 def side_by_side(work: Path, todo: list[tuple[str, list[str]]], record: dict, jobs: int) -> None:
     """Independent stages, ``jobs`` at a time (each command runs one torch thread)."""
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -147,7 +154,10 @@ def main() -> None:
           "policy": f"LeRobot DiffusionPolicy ({args.size} size), trained by lerobot-train",
           "seeds": {"demos": [0, args.demos - 1], "rollouts": [1000, 1000 + args.rollouts - 1],
                     "evaluation (test)": [args.seed, args.seed + args.episodes - 1]},
-          "methods": results, "stages": stages,
+          "methods": results, "data": {"demos": dataset_summary(demos), "rollouts": dataset_summary(rollouts)},
+          "critic_held_out": {k: json.loads((work / "critic" / "diagnostics.json").read_text()).get(k)
+                              for k in ("spearman_q", "auroc_q", "ci95", "held_out_episodes")},
+          "stages": stages,
           "targets": {"base_at_most_60": base_rate <= 0.6, "awm_or_apo_plus_20": best >= base_rate + 0.2,
                       "ahead_of_hg_dagger": best > results["hg_dagger"]["success_rate"]}}, args.write)
 
