@@ -295,12 +295,6 @@ def robot_bounds(robot_cfg: dict, robot=None):
     return getattr(robot, "limits", (None, None))
 
 
-def check_robot(policy, robot) -> None:
-    """ShapeError naming the feature where the arm's observation or action disagrees with the policy."""
-    features = {**robot.obs_spec, "action": (robot.action_dim,)}
-    policy.check_compatible(features, where=f"robot '{robot.robot_type}'")
-
-
 def robot_summary(cfg: dict, results, source: str) -> dict:
     recorded = [r.episode_index for r in results if r.episode_index is not None]
     if recorded and cfg.get("out"):  # the name the run recorded (a client learns it from the server)
@@ -316,7 +310,9 @@ def robot_summary(cfg: dict, results, source: str) -> dict:
 
 
 def _local_agent(cfg: dict, robot, policy, critic, system1, device: str):
-    check_robot(policy, robot)
+    from real_robot.run import check_policy
+
+    check_policy(policy, robot)
     low, high = robot_bounds(cfg["robot"], robot)
     execute = (cfg.get("deploy") or {}).get("execute_steps")
 
@@ -401,7 +397,7 @@ def collect_robot(cfg) -> dict:
     cfg["deploy"]["policy_name"] = cfg["deploy"].get("policy_name") or policy_name(cfg)
     robot = make_robot(cfg["robot"])
     try:
-        check_robot(policy, robot)
+        run.check_policy(policy, robot)
         agent = make_agent(cfg, policy, device=device, execute_steps=cfg["deploy"].get("execute_steps"))
     except BaseException:
         robot.close()

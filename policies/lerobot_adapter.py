@@ -392,8 +392,6 @@ class LeRobotChunkPolicy(nn.Module):
         a = lb[ACTION].to(self.device, torch.float32)  # (B*N, H, Da)
         full[:, self._offset:self._offset + H, :Da] = a
         full[:, :self._offset, :Da] = a[:, :1]  # diffusion's past slots: the first action, as in the loss
-        if self.policy_type == "diffusion":
-            full[:, self._offset + H:, :Da] = a[:, -1:]
         return full
 
     def _diffusion_from(self, a0: Tensor, eps: Tensor, t_start: float, cond: Tensor, gen) -> Tensor:

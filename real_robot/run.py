@@ -62,11 +62,16 @@ def make_keys(deploy_cfg, estop: EmergencyStop, events: OperatorEvents) -> KeyBi
     return keys
 
 
+def check_policy(policy: ChunkPolicy, robot) -> None:
+    """ShapeError naming the feature where the arm's observation or action disagrees with the policy."""
+    policy.check_compatible({**robot.obs_spec, "action": (robot.action_dim,)}, where=f"robot '{robot.robot_type}'")
+
+
 def check_agent(agent, robot) -> None:
     """A local agent's policy (one that plans with a ChunkPolicy) against the robot, before any motion."""
     policy = getattr(agent, "policy", None)  # agents are of many kinds; a ChunkAgent carries its policy
     if isinstance(policy, ChunkPolicy):
-        policy.check_compatible({**robot.obs_spec, "action": (robot.action_dim,)}, where=f"robot '{robot.robot_type}'")
+        check_policy(policy, robot)
 
 
 def remote_source(cfg, robot) -> RemoteChunkSource:

@@ -9,14 +9,6 @@ import torch
 from contract.kinds import ENV, OURS, TASK, TINY_VLA
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="package")
 def world(tmp_path_factory) -> dict:
     """{"demos", "rollouts": datasets, "critic": an ALOE checkpoint, <kind>: its checkpoint dir}."""

@@ -22,15 +22,6 @@ from vla.errors import ConfigError, DataError
 H, DA, DS = 4, 2, 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyFlow(nn.Module):
     """A deterministic flow-matching policy over (H, Da) chunks: the loss is a function of (batch, noise, t)."""
 

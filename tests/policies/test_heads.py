@@ -42,15 +42,6 @@ STATS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads; on a busy 2-core machine threads cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_policy(head="flow", feats="both", seed=0, **over):
     torch.manual_seed(seed)
     cfg = {

@@ -20,15 +20,6 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models gain nothing from threads; on a busy 2-core machine threads cost a lot.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def obs_for(features, B=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     obs = {k: torch.rand(B, *shape, generator=g) for k, shape in features.items()}
